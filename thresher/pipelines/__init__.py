@@ -1,0 +1,1 @@
+"""Beam stages and transforms. `build.py` assembles one pipeline from a recipe."""

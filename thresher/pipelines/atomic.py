@@ -1,0 +1,73 @@
+"""Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory.
+
+A reader (or a rerun after SIGKILL) therefore sees either the old file or the complete new
+one, never a half-written file under a final name. Temp files are named `.<name>.tmp-*` so
+a rerun can sweep the ones a killed run left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable
+from typing import BinaryIO
+
+TMP_MARK = ".tmp-"
+
+
+def _tmp_path(path: str) -> str:
+    d, name = os.path.split(path)
+    return os.path.join(d, f".{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> str:
+    """Call `write(fileobj)` on a temp file, then publish it as `path`. Returns sha256."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path) or ".")
+        return digest
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str, data: bytes) -> str:
+    return write_atomic(path, lambda fh: fh.write(data))
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sweep_temp_files(directory: str) -> int:
+    """Remove temp files a killed run left behind. Returns how many."""
+    n = 0
+    if not os.path.isdir(directory):
+        return 0
+    for root, _dirs, files in os.walk(directory):
+        for f in files:
+            if f.startswith(".") and TMP_MARK in f:
+                os.unlink(os.path.join(root, f))
+                n += 1
+    return n

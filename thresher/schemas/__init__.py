@@ -1,0 +1,1 @@
+"""Arrow row schemas, the recipe model and the manifest layout."""

@@ -1,0 +1,127 @@
+"""`exact_dedup`: drop rows whose normalised text was already seen; the first occurrence wins.
+
+In:  canonical batches. Out: the same, minus duplicates; dropped rows have reason
+     `duplicate` and (in `dropped/`) a `duplicate_of` column naming the kept row's id.
+Cost: two light passes. Pass 1 hashes each text (xxh3-64) and shuffles (hash, row key) pairs
+     into `buckets` groups; each group finds its duplicates with a NumPy sort. Only the
+     duplicates' row keys come back as a side input (memory ~ number of duplicates, not the
+     corpus). Pass 2 drops them batch by batch. "First" means lowest `__row_key`, i.e. the
+     recipe's source order, file order and line order — the same on any runner.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+from pydantic import Field
+
+from thresher.pipelines.stage import BatchFn, MapBatches, Stage, StageParams
+from thresher.schemas import rows
+from thresher.selectors.base import ApplyDecisions, with_decisions
+
+
+class ExactDedupParams(StageParams):
+    ignore_case_and_space: bool = Field(
+        False, description="Hash lowercased text with whitespace folded, so 'A  b' == 'a b'."
+    )
+    buckets: int = Field(64, gt=0, le=4096, description="Shuffle groups for pass 1.")
+
+
+def text_hashes(texts: pa.Array, ignore_case_and_space: bool) -> np.ndarray:
+    if ignore_case_and_space:
+        texts = pc.utf8_lower(pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, r"\s+", " ")))
+    return np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8", "surrogatepass")) for t in texts.to_pylist()),
+                       dtype=np.uint64, count=len(texts))
+
+
+class _HashToBuckets(beam.DoFn):
+    def __init__(self, params: ExactDedupParams):
+        self.params = params
+
+    def process(self, batch: pa.RecordBatch):
+        h = text_hashes(batch.column(rows.TEXT), self.params.ignore_case_and_space)
+        keys = batch.column(rows.ROW_KEY).to_numpy()
+        ids = np.asarray(batch.column(rows.ID).to_pylist(), dtype=object)
+        bucket = h % np.uint64(self.params.buckets)
+        for b in np.unique(bucket):
+            m = bucket == b
+            yield int(b), (h[m], keys[m], ids[m])
+
+
+def _find_duplicates(element):
+    """One bucket -> (loser row keys, winner ids) for every hash seen more than once."""
+    _, parts = element
+    parts = list(parts)
+    h = np.concatenate([p[0] for p in parts])
+    k = np.concatenate([p[1] for p in parts])
+    ids = np.concatenate([p[2] for p in parts])
+    order = np.lexsort((k, h))  # by hash, then row key: the first row of a run wins
+    h, k, ids = h[order], k[order], ids[order]
+    first = np.ones(len(h), bool)
+    first[1:] = h[1:] != h[:-1]
+    if first.all():
+        return
+    winner_idx = np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
+    losers = ~first
+    yield k[losers], ids[winner_idx[losers]]
+
+
+class _MergeLosers(beam.CombineFn):
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, item):
+        acc.append(item)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [x for a in accs for x in a]
+
+    def extract_output(self, acc):
+        if not acc:
+            return np.zeros(0, np.uint64), np.zeros(0, object)
+        keys = np.concatenate([a[0] for a in acc])
+        winners = np.concatenate([a[1] for a in acc])
+        order = np.argsort(keys, kind="stable")
+        return keys[order], winners[order]
+
+
+class _DropDuplicates(BatchFn):
+    def __call__(self, batch: pa.RecordBatch, losers) -> pa.RecordBatch:
+        loser_keys, winners = losers
+        keys = batch.column(rows.ROW_KEY).to_numpy()
+        if len(loser_keys) == 0:
+            dup = np.zeros(len(keys), bool)
+            dup_of = pa.nulls(len(keys), pa.string())
+        else:
+            pos = np.searchsorted(loser_keys, keys)
+            pos_c = np.minimum(pos, len(loser_keys) - 1)
+            dup = loser_keys[pos_c] == keys
+            dup_of = pa.array([winners[p] if d else None for p, d in zip(pos_c, dup)], pa.string())
+        return with_decisions(batch, ~dup, "duplicate", {"duplicate_of": dup_of})
+
+
+class ExactDedup(Stage):
+    __doc__ = __doc__
+    type_name = "exact_dedup"
+    Params = ExactDedupParams
+    cost = "CPU: one xxh3 hash per row, one shuffle of 16 bytes per row; memory ~ duplicates"
+
+    def expand(self, batches):
+        name = self.ctx.name
+        losers = (
+            batches
+            | f"{name}/Hash" >> beam.ParDo(_HashToBuckets(self.params))
+            | f"{name}/Group" >> beam.GroupByKey()
+            | f"{name}/FindDuplicates" >> beam.FlatMap(_find_duplicates)
+            | f"{name}/Merge" >> beam.CombineGlobally(_MergeLosers())
+        )
+        decided = batches | MapBatches(_DropDuplicates(), name, beam.pvalue.AsSingleton(losers))
+        kept = decided | ApplyDecisions(self)
+        # `duplicate_of` only means something on dropped rows; kept rows need no column.
+        return kept | f"{name}/DropColumn" >> beam.Map(
+            lambda b: b.drop_columns(["duplicate_of"]) if "duplicate_of" in b.schema.names else b
+        )
