@@ -112,7 +112,7 @@ def build(recipe: Recipe, pipeline, out_dir: str, inputs_tasks=None) -> dict[str
     partitions = out.partitions if out.partitions != "auto" else auto_partitions(sum(x.size for x in inputs))
     common = dict(seed=recipe.seed, max_rows=out.shard_max_rows, max_bytes=out.shard_max_bytes,
                   compression=out.compression, chunk_rows=recipe.batch_rows)
-    _ = batches | WriteShards(out_dir, work_dir, kind="shards", partitions=partitions,
+    _ = batches | WriteShards(out_dir, work_dir, kind="shards", partitions=partitions, ipc_format=out.ipc_format,
                               sort_by=out.sort_by if out.order == "sorted" else None, **common)
     _ = quarantine | WriteQuarantine(out_dir, work_dir)
     if dropped_sink:

@@ -418,6 +418,7 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, bytes, Any, str | None]]:
         for line_no, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
+            raw = raw.rstrip(b"\r\n")  # the record, without its line terminator
             try:
                 yield line_no, raw, orjson.loads(raw), None
             except orjson.JSONDecodeError as exc:

@@ -133,14 +133,16 @@ def _cast(col: pa.ChunkedArray, t: pa.DataType) -> pa.ChunkedArray:
 # Writing
 
 
-def write_ipc_stream(path: str, table: pa.Table, compression: str | None, chunk_rows: int) -> str:
-    """Write `table` as an Arrow IPC stream, atomically. Returns the file's sha256."""
+def write_ipc(path: str, table: pa.Table, compression: str | None, chunk_rows: int,
+              ipc_format: str = "stream") -> str:
+    """Write `table` as an Arrow IPC stream (or file), atomically. Returns the file's sha256."""
     options = pa.ipc.IpcWriteOptions(compression=None if compression in (None, "none") else compression)
     table = table.replace_schema_metadata(None).combine_chunks()
 
     def write(fh):
         sink = pa.PythonFile(fh, mode="w")
-        with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        new = pa.ipc.new_stream if ipc_format == "stream" else pa.ipc.new_file
+        with new(sink, table.schema, options=options) as writer:
             writer.write_table(table, max_chunksize=chunk_rows)
 
     return write_atomic(path, write)
@@ -168,7 +170,8 @@ class _KeyByPartition(beam.DoFn):
 
 class _WritePartition(beam.DoFn):
     def __init__(self, out_dir: str, kind: str, work_dir: str, max_rows: int, max_bytes: int,
-                 compression: str, chunk_rows: int, sort_by: str | None, count_prefix: str | None):
+                 compression: str, chunk_rows: int, sort_by: str | None, count_prefix: str | None,
+                 ipc_format: str = "stream"):
         self.out_dir = out_dir
         self.kind = kind
         self.work_dir = work_dir
@@ -178,6 +181,7 @@ class _WritePartition(beam.DoFn):
         self.chunk_rows = chunk_rows
         self.sort_by = sort_by
         self.count_prefix = count_prefix
+        self.ipc_format = ipc_format
 
     def process(self, element, schema):
         part, batches = element
@@ -199,7 +203,7 @@ class _WritePartition(beam.DoFn):
             piece = table.slice(off, per_shard)
             name = f"part-{part:05d}-{j:05d}.arrow"
             path = os.path.join(self.out_dir, self.kind, name)
-            digest = write_ipc_stream(path, piece, self.compression, self.chunk_rows)
+            digest = write_ipc(path, piece, self.compression, self.chunk_rows, self.ipc_format)
             infos.append({"path": f"{self.kind}/{name}", "rows": piece.num_rows,
                           "bytes": os.path.getsize(path), "sha256": digest, "partition": part})
         # The driver reads these to build the manifest (results cannot come back otherwise).
@@ -214,11 +218,12 @@ class WriteShards(beam.PTransform):
     def __init__(self, out_dir: str, work_dir: str, *, kind: str = "shards", seed: int = 0,
                  partitions: int = 1, max_rows: int = 100_000, max_bytes: int = 256 << 20,
                  compression: str = "none", chunk_rows: int = 4096, sort_by: str | None = None,
-                 count_prefix: str | None = "written", label: str | None = None):
+                 count_prefix: str | None = "written", label: str | None = None,
+                 ipc_format: str = "stream"):
         super().__init__(label=label or f"Write[{kind}]")
         self.args = dict(out_dir=out_dir, kind=kind, work_dir=work_dir, max_rows=max_rows,
                          max_bytes=max_bytes, compression=compression, chunk_rows=chunk_rows,
-                         sort_by=sort_by, count_prefix=count_prefix)
+                         sort_by=sort_by, count_prefix=count_prefix, ipc_format=ipc_format)
         self.seed = seed
         self.partitions = 1 if sort_by is not None else partitions
         self.sort_by = sort_by
@@ -261,7 +266,7 @@ class _WriteQuarantine(beam.DoFn):
         table = table.take(pc.sort_indices(table, sort_keys=[(rows.SOURCE_FILE, "ascending"),
                                                              (rows.SOURCE_ROW, "ascending")]))
         name = "quarantine/part-00000-00000.arrow"
-        digest = write_ipc_stream(os.path.join(self.out_dir, name), table, "none", 4096)
+        digest = write_ipc(os.path.join(self.out_dir, name), table, "none", 4096)
         info = {"path": name, "rows": table.num_rows,
                 "bytes": os.path.getsize(os.path.join(self.out_dir, name)), "sha256": digest}
         write_bytes_atomic(os.path.join(self.work_dir, "quarantine", "part-00000.json"), json.dumps([info]).encode())

@@ -154,6 +154,12 @@ class Output(_Model):
         "none",
         description="Arrow IPC buffer compression. `none` keeps shards memory-mappable.",
     )
+    ipc_format: Literal["stream", "file"] = Field(
+        "stream",
+        description="Arrow IPC format of the shards: `stream` (what `datasets.Dataset.from_file` "
+        "memory-maps) or `file` (what `pyarrow.dataset(format='arrow')` opens). "
+        "`load_dataset('arrow')` reads both.",
+    )
     order: Literal["shuffle", "sorted"] = Field(
         "shuffle",
         description="`shuffle`: rows in a seeded pseudo-random order; `sorted`: by `sort_by`.",

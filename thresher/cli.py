@@ -1,0 +1,274 @@
+"""`thresher` command line: run, validate, inspect, demo, serve, stages.
+
+Exit codes: 0 done, 1 the run failed (bad input over its limit, a stage error), 2 the recipe
+or the command line is invalid (nothing was run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from importlib import resources
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Curate and select LLM training data: recipe -> Beam -> Arrow shards.")
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+DEMO_OUT = "thresher-demo-out"
+
+
+def _setup_logging(verbose: bool) -> None:
+    # Before Beam is imported: importing apache_beam configures the root logger otherwise.
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=err_console, show_path=False)])
+    logging.getLogger("thresher").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Beam logs this on import whenever the optional GCP client libraries are absent.
+    logging.getLogger().addFilter(lambda r: not str(r.msg).startswith("apitools not found"))
+    for noisy in ("apache_beam", "absl", "httpx", "urllib3", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _parse_sets(sets: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in sets:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set expects key.path=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _fail_recipe(exc: Exception) -> None:
+    from thresher.schemas.recipe import RecipeError
+
+    if isinstance(exc, RecipeError):
+        err_console.print(f"[bold red]invalid recipe[/] ({exc.origin}):")
+        for p in exc.problems:
+            err_console.print(f"  • {p}")
+    else:
+        err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+def _run(recipe_path: str, out: str | None, runner: str | None, sets: dict[str, Any], use_prefect: bool) -> str:
+    from thresher.pipelines.build import BadInputError
+    from thresher.schemas.recipe import RecipeError, load_recipe
+
+    try:
+        load_recipe(recipe_path, sets)  # fail fast with exit 2, before Prefect starts
+    except RecipeError as exc:
+        _fail_recipe(exc)
+    try:
+        if use_prefect:
+            from thresher.flows.curate import curate
+
+            return curate(recipe_path=os.path.abspath(recipe_path), out=out, runner=runner, overrides=sets)
+        from thresher.flows.curate import run_without_prefect
+
+        return run_without_prefect(recipe_path, out=out, runner=runner, overrides=sets)
+    except RecipeError as exc:
+        _fail_recipe(exc)
+    except BadInputError as exc:
+        err_console.print(f"[bold red]run failed:[/] {exc}")
+        raise typer.Exit(1)
+    raise AssertionError("unreachable")
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument(..., help="Recipe YAML file."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (overrides output.dir)."),
+    runner: Optional[str] = typer.Option(None, help="Beam runner (overrides runner.runner)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set output.shard_max_rows=5000"),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="Run as the Prefect `curate` flow."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a recipe: ingest, stages, shards, manifest. Prints a summary at the end."""
+    _setup_logging(verbose)
+    manifest = _run(recipe, out, runner, _parse_sets(set_), prefect)
+    _print_summary(os.path.dirname(manifest))
+
+
+@app.command()
+def validate(recipe: str = typer.Argument(..., help="Recipe YAML file."),
+             check_inputs: bool = typer.Option(True, "--inputs/--no-inputs", help="Also check input files exist and parse.")) -> None:
+    """Validate a recipe (and its inputs) without running anything. Exit 2 when invalid."""
+    from thresher.schemas.recipe import RecipeError, load_recipe
+
+    _setup_logging(False)
+    try:
+        r = load_recipe(recipe)
+        if check_inputs:
+            from thresher.pipelines.ingest import plan_reads
+
+            tasks, inputs = plan_reads(r, with_hashes=False)
+    except RecipeError as exc:
+        _fail_recipe(exc)
+    msg = f"[green]valid[/]: {len(r.sources)} source(s), {len(r.stages)} stage(s) -> {r.out_dir}"
+    if check_inputs:
+        msg += f"; {len(inputs)} input file(s), {len(tasks)} read task(s)"
+    console.print(msg)
+
+
+@app.command()
+def inspect(out_dir: str = typer.Argument(..., help="A finished run's output directory."),
+            rows: int = typer.Option(3, help="Sample rows to show.")) -> None:
+    """Show a finished run: manifest summary, counts per source and stage, sample rows."""
+    try:
+        _print_summary(out_dir, sample_rows=rows)
+    except FileNotFoundError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(out: str = typer.Option(DEMO_OUT, "--out", "-o", help="Where to write the demo's output."),
+         prefect: bool = typer.Option(True, "--prefect/--no-prefect"),
+         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the bundled demo recipe on the bundled sample corpus (CPU, no server, no network)."""
+    _setup_logging(verbose)
+    recipe = str(resources.files("thresher") / "recipes" / "demo.yaml")
+    console.print(f"[bold]thresher demo[/]: recipe {recipe}\n")
+    manifest = _run(recipe, out, None, {}, prefect)
+    _print_summary(os.path.dirname(manifest))
+    console.print(f"\nInspect again with: [bold]thresher inspect {out}[/]")
+
+
+@app.command()
+def serve(recipe: str = typer.Argument(..., help="Recipe YAML file."),
+          cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. "0 3 * * *".'),
+          interval: Optional[float] = typer.Option(None, help="Or: run every N seconds."),
+          out: Optional[str] = typer.Option(None, "--out", "-o"),
+          name: Optional[str] = typer.Option(None, help="Deployment name (default: recipe name).")) -> None:
+    """Serve the curate flow for RECIPE as a scheduled Prefect deployment (needs a Prefect server)."""
+    from thresher.schemas.recipe import RecipeError
+
+    _setup_logging(False)
+    if bool(cron) == bool(interval):
+        err_console.print("[bold red]error:[/] give exactly one of --cron or --interval")
+        raise typer.Exit(2)
+    if not os.environ.get("PREFECT_API_URL"):
+        err_console.print("[yellow]warning:[/] PREFECT_API_URL is not set: schedules do not fire on "
+                          "Prefect's temporary server. Start one with `prefect server start` and set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from thresher.flows.curate import serve as serve_flow
+
+    try:
+        serve_flow(recipe, cron=cron, interval=interval, out=out, name=name)
+    except RecipeError as exc:
+        _fail_recipe(exc)
+
+
+@app.command()
+def stages() -> None:
+    """List the stage types and their parameters."""
+    from thresher.pipelines.registry import STAGES, UnknownStage, stage_class
+
+    for name in STAGES:
+        try:
+            cls = stage_class(name)
+        except UnknownStage:
+            continue
+        t = Table(title=f"{name} — {(cls.__doc__ or '').strip().splitlines()[0]}", title_justify="left")
+        t.add_column("param")
+        t.add_column("default")
+        t.add_column("meaning")
+        for pname, f in cls.Params.model_fields.items():
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            t.add_row(pname, default, f.description or "")
+        console.print(t)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _print_summary(out_dir: str, sample_rows: int = 0) -> None:
+    from thresher.load import load_manifest, read_shard, shard_paths
+
+    m = load_manifest(out_dir)
+    total = m["counts"]["total"]
+    console.print(f"[bold]{m['name']}[/]  {out_dir}  (recipe {m['recipe_sha256'][:12]}, seed {m['seed']}, "
+                  f"{m['seconds']:.1f} s on {m['runner'].rsplit('.', 1)[-1]})")
+    t = Table(title="rows by source", title_justify="left")
+    for c in ("source", "read", "quarantined", "dropped", "written", "adds up"):
+        t.add_column(c, justify="right" if c != "source" else "left")
+    for s, v in m["counts"]["by_source"].items():
+        dropped = sum(n for d in v["dropped"].values() for n in d.values())
+        t.add_row(s, f"{v['read']:,}", f"{v['quarantined']:,}", f"{dropped:,}", f"{v['written']:,}",
+                  "yes" if v["balanced"] else "[red]NO[/]")
+    t.add_row("[bold]total", f"{total['read']:,}", f"{total['quarantined']:,}", f"{total['dropped']:,}",
+              f"{total['written']:,}", "yes" if m["counts"]["balanced"] else "[red]NO[/]")
+    console.print(t)
+    if m["stages"]:
+        st = Table(title="stages", title_justify="left")
+        for c in ("stage", "type", "rows in", "dropped", "report"):
+            st.add_column(c)
+        for name, s in m["stages"].items():
+            dropped = ", ".join(f"{r}: {n:,}" for r, n in s["dropped"].items()) or "0"
+            st.add_row(name, s["type"], f"{s['rows_in']:,}", dropped, _report_line(s.get("report")))
+        console.print(st)
+    console.print(f"shards: {len(m['shards'])} file(s), {m['num_rows']:,} rows, {m['num_bytes'] / 1e6:.1f} MB"
+                  f" in {os.path.join(out_dir, 'shards')}")
+    if m["quarantine"]:
+        console.print(f"quarantine: {sum(q['rows'] for q in m['quarantine'])} record(s) in "
+                      f"{os.path.join(out_dir, 'quarantine')}")
+        _print_quarantine(out_dir, m, limit=5)
+    if sample_rows and m["shards"]:
+        table = read_shard(shard_paths(out_dir, m)[0]).slice(0, sample_rows)
+        rt = Table(title=f"first {table.num_rows} rows of {m['shards'][0]['path']}", title_justify="left")
+        cols = [c for c in table.column_names if c not in ("source_file",)][:6]
+        for c in cols:
+            rt.add_column(c, overflow="fold", max_width=60 if c == "text" else 24)
+        for r in table.select(cols).to_pylist():
+            rt.add_row(*[_short(r[c]) for c in cols])
+        console.print(rt)
+
+
+def _print_quarantine(out_dir: str, m: dict[str, Any], limit: int) -> None:
+    from thresher.load import read_shard
+
+    q = read_shard(os.path.join(out_dir, m["quarantine"][0]["path"]))
+    for r in q.slice(0, limit).to_pylist():
+        console.print(f"  {os.path.basename(r['source_file'])}:{r['source_row']}  {r['reason']}")
+    if q.num_rows > limit:
+        console.print(f"  … {q.num_rows - limit} more")
+
+
+def _report_line(report: Any) -> str:
+    if not isinstance(report, dict):
+        return ""
+    parts = []
+    for k, v in report.items():
+        if isinstance(v, (int, float, str, bool)) and k != "artifacts":
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts[:8])
+
+
+def _short(v: Any, n: int = 200) -> str:
+    s = str(v)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

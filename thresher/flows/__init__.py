@@ -1,0 +1,1 @@
+"""Prefect flows: `curate` (validate -> run pipeline -> publish) and its scheduled serving."""
