@@ -120,7 +120,8 @@ class _BatchFnDoFn(beam.DoFn):
     def setup(self) -> None:
         self.fn.setup()
 
-    def process(self, batch: pa.RecordBatch, *side_inputs: Any):
+    # No annotation on *side_inputs: Beam type-checks it as Tuple and rejects a ParDo without side inputs.
+    def process(self, batch: pa.RecordBatch, *side_inputs):
         out = self.fn(batch, *side_inputs)
         if out is not None and out.num_rows:
             yield out
