@@ -1,0 +1,1 @@
+"""Helpers of the `decontaminate` selector: benchmark loading, n-gram index, embedding index."""

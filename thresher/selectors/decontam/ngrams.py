@@ -1,0 +1,284 @@
+"""Word n-grams of normalised text, hashed to uint64, and a sorted-array index of benchmark n-grams.
+
+Normalisation (the same for pool rows and benchmark items): lowercase; apostrophes removed (so
+"Janet's", "Janet’s" and "Janets" agree); every other run of characters that are not letters
+or digits becomes one space. Words are the space-separated pieces.
+
+Hashing: each distinct word of a batch is hashed once with xxh3-64 (stable across processes,
+unlike `hash()`); the k-gram starting at word i is the polynomial sum_j h[i+j] * B^j mod 2^64,
+computed for every i at once from prefix sums (B is odd, so it is invertible mod 2^64), then
+mixed with k and finalised with splitmix64. That is O(words) NumPy work per gram length — no
+per-n-gram Python. Written here rather than taken from a library because the libraries we
+looked at (nltk's `ngrams`, datasketch, NeMo Curator's Python loop) build one Python object per
+n-gram, which is ~100x slower than this.
+
+The index is a sorted uint64 array of the benchmark's distinct grams with CSR postings
+(gram -> benchmark segments), plus a bitset over the top bits of the hashes that rejects almost
+every pool gram before the binary search. Its size is about 20 bytes per distinct benchmark
+gram: it grows with the benchmarks, never with the pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+_U64 = np.uint64
+_B = _U64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2^64
+_B_INV = _U64(pow(int(_B), -1, 1 << 64))
+_K_MIX = 0xD6E8FEB86659FD93
+
+_APOSTROPHES = r"['’‘`´]"
+_NON_WORD = r"[^\p{L}\p{N}]+"
+
+
+def normalise(texts: pa.Array) -> pa.Array:
+    """Lowercase, apostrophes removed, other punctuation and whitespace folded to one space."""
+    t = pc.utf8_lower(texts)
+    t = pc.replace_substring_regex(t, _APOSTROPHES, "")
+    t = pc.replace_substring_regex(t, _NON_WORD, " ")
+    return pc.utf8_trim(t, " ")
+
+
+def normalise_one(text: str) -> str:
+    return normalise(pa.array([text], pa.string()))[0].as_py()
+
+
+@dataclass
+class Words:
+    """The words of a batch of texts, flattened: `offsets[r]:offsets[r+1]` are row r's words."""
+
+    hashes: np.ndarray  # uint64, one per word
+    offsets: np.ndarray  # int64, n_rows + 1
+    flat: pa.Array  # the words themselves (for audit spans)
+    _prefix: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row_of(self, positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, positions, side="right") - 1
+
+    def prefix(self) -> np.ndarray:
+        """P[i] = sum_{t<i} h[t] * B^t (mod 2^64)."""
+        if self._prefix is None:
+            w = len(self.hashes)
+            pw, _ = _powers(w)
+            p = np.zeros(w + 1, _U64)
+            np.cumsum(self.hashes * pw[:w], out=p[1:])
+            self._prefix = p
+        return self._prefix
+
+    def span(self, start: int, end: int) -> str:
+        return " ".join(self.flat[start:end].to_pylist())
+
+
+def split_words(texts: pa.Array | pa.ChunkedArray) -> Words:
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    t = normalise(texts)
+    # An empty (or all-punctuation) text has no words; split would give it one empty word.
+    t = pc.if_else(pc.equal(t, ""), pa.scalar(None, t.type), t)
+    lists = pc.split_pattern(t, " ")
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(t) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = pc.list_flatten(lists)
+    if len(flat) == 0:
+        return Words(np.zeros(0, _U64), offsets, flat)
+    enc = pc.dictionary_encode(flat)
+    vocab = enc.dictionary.cast(pa.binary()).to_pylist()  # bytes: no decode/encode round trip
+    vocab_h = np.fromiter((xxhash.xxh3_64_intdigest(w) for w in vocab), _U64, count=len(vocab))
+    return Words(vocab_h[enc.indices.to_numpy(zero_copy_only=False)], offsets, flat)
+
+
+_POW_CACHE: list[np.ndarray] = [np.ones(1, _U64), np.ones(1, _U64)]
+
+
+def _powers(w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B^i, B^-i) for i < w+1, cached and grown by doubling."""
+    pw, ipw = _POW_CACHE
+    if len(pw) < w + 1:
+        size = max(w + 1, 2 * len(pw), 1 << 16)
+        pw = np.empty(size, _U64)
+        ipw = np.empty(size, _U64)
+        pw[0] = ipw[0] = 1
+        np.cumprod(np.full(size - 1, _B, _U64), out=pw[1:])
+        np.cumprod(np.full(size - 1, _B_INV, _U64), out=ipw[1:])
+        _POW_CACHE[:] = [pw, ipw]
+    return pw, ipw
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads the polynomial's low-bit structure over all 64 bits."""
+    x = x ^ (x >> _U64(30))
+    x = x * _U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U64(27))
+    x = x * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+def grams_at(words: Words, starts: np.ndarray, k: int) -> np.ndarray:
+    """Hashes of the k-grams starting at the given (flat) word positions."""
+    if len(starts) == 0:
+        return np.zeros(0, _U64)
+    p = words.prefix()
+    _, ipw = _powers(len(words.hashes))
+    g = (p[starts + k] - p[starts]) * ipw[starts]
+    return _mix(g ^ _U64((k * _K_MIX) & 0xFFFFFFFFFFFFFFFF))
+
+
+def gram_starts(words: Words, k: int) -> np.ndarray:
+    """Flat positions where a k-gram starts without crossing a row boundary."""
+    lengths = words.lengths
+    row_end = np.repeat(words.offsets[1:], lengths)
+    return np.flatnonzero(np.arange(len(words.hashes)) + k <= row_end)
+
+
+# ---------------------------------------------------------------------------------------
+# The index
+
+
+@dataclass
+class NgramIndex:
+    """Distinct benchmark grams -> the benchmark segments that contain them."""
+
+    n: int
+    keys: np.ndarray  # uint64, sorted, unique
+    offsets: np.ndarray  # int64, len(keys) + 1: postings[offsets[i]:offsets[i+1]] hold key i
+    postings: np.ndarray  # int32 segment numbers
+    seg_total: np.ndarray  # int32: indexed grams per segment (the fraction's denominator)
+    short_lengths: tuple[int, ...]  # word counts < n of segments matched whole
+    filter_bits: int
+    bitset: np.ndarray  # uint8, 2^filter_bits bits: is any key's top-bits prefix here?
+    common_dropped: int = 0  # grams ignored because more than max_matches items share them
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in (self.keys, self.offsets, self.postings, self.seg_total, self.bitset)))
+
+    def contains(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of hashes in the index, their key positions)."""
+        if len(self.keys) == 0 or len(h) == 0:
+            return np.zeros(len(h), bool), np.zeros(0, np.int64)
+        slot = h >> _U64(64 - self.filter_bits)
+        maybe = np.flatnonzero((self.bitset[slot >> _U64(3)] >> (slot & _U64(7)).astype(np.uint8)) & 1)
+        hm = h[maybe]
+        pos = np.minimum(np.searchsorted(self.keys, hm), len(self.keys) - 1)
+        hit = self.keys[pos] == hm
+        mask = np.zeros(len(h), bool)
+        mask[maybe[hit]] = True
+        return mask, pos[hit]
+
+
+def build_index(texts: list[str], seg_item: np.ndarray, n: int, min_words: int,
+                max_matches: int | None) -> NgramIndex:
+    """Index benchmark segments. `seg_item[s]` is segment s's item number (for max_matches).
+
+    Segments with at least n words contribute their distinct n-grams; segments with
+    min_words..n-1 words contribute one gram, the whole segment; shorter ones nothing.
+    """
+    words = split_words(pa.array(texts, pa.string()))
+    lengths = words.lengths
+    starts = gram_starts(words, n)
+    hashes = [grams_at(words, starts, n)]
+    segs = [words.row_of(starts)]
+    short = np.flatnonzero((lengths >= min_words) & (lengths < n))
+    short_lengths = tuple(int(k) for k in np.unique(lengths[short]))
+    for k in short_lengths:
+        s = short[lengths[short] == k]
+        hashes.append(grams_at(words, words.offsets[s], k))
+        segs.append(s)
+    h = np.concatenate(hashes)
+    seg = np.concatenate(segs).astype(np.int64)
+    # Distinct (gram, segment) pairs, sorted by gram.
+    order = np.lexsort((seg, h))
+    h, seg = h[order], seg[order]
+    keep = np.ones(len(h), bool)
+    keep[1:] = (h[1:] != h[:-1]) | (seg[1:] != seg[:-1])
+    h, seg = h[keep], seg[keep]
+    common_dropped = 0
+    if max_matches is not None and len(h):
+        item = np.asarray(seg_item, np.int64)[seg]
+        o = np.lexsort((item, h))
+        hi, ii = h[o], item[o]
+        new_item = np.ones(len(hi), bool)
+        new_item[1:] = (hi[1:] != hi[:-1]) | (ii[1:] != ii[:-1])
+        uh, inv = np.unique(hi, return_inverse=True)
+        items_per_key = np.bincount(inv, weights=new_item).astype(np.int64)
+        common = uh[items_per_key > max_matches]
+        common_dropped = len(common)
+        if common_dropped:
+            ok = ~np.isin(h, common)
+            h, seg = h[ok], seg[ok]
+    keys, counts = np.unique(h, return_counts=True)
+    offsets = np.zeros(len(keys) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    seg_total = np.bincount(seg, minlength=len(texts)).astype(np.int32)
+    # ~64 filter bits per key: about 1.5% of absent grams get past the bitset.
+    bits = int(min(max(np.ceil(np.log2(max(len(keys), 1) * 64)), 16), 34))
+    bitset = np.zeros(1 << (bits - 3), np.uint8)
+    if len(keys):
+        slot = keys >> _U64(64 - bits)
+        np.bitwise_or.at(bitset, (slot >> _U64(3)).astype(np.int64), (1 << (slot & _U64(7))).astype(np.uint8))
+    return NgramIndex(n=n, keys=keys, offsets=offsets, postings=seg.astype(np.int32), seg_total=seg_total,
+                      short_lengths=short_lengths, filter_bits=bits, bitset=bitset,
+                      common_dropped=common_dropped)
+
+
+@dataclass
+class Matches:
+    """One entry per (row, segment) sharing at least one gram."""
+
+    row: np.ndarray  # int64, row within the batch
+    seg: np.ndarray  # int64
+    found: np.ndarray  # int64: distinct grams of the segment found in the row
+    fraction: np.ndarray  # float64: found / seg_total
+    first: np.ndarray  # int64 flat word position of the first matched gram
+    end: np.ndarray  # int64 flat word position after the last matched gram
+
+
+def lookup(index: NgramIndex, words: Words) -> Matches:
+    empty = np.zeros(0, np.int64)
+    pos_parts, key_parts, len_parts = [], [], []
+    for k in (index.n, *index.short_lengths):
+        starts = gram_starts(words, k)
+        hit, keypos = index.contains(grams_at(words, starts, k))
+        pos_parts.append(starts[hit])
+        key_parts.append(keypos)
+        len_parts.append(np.full(len(keypos), k, np.int64))
+    pos = np.concatenate(pos_parts) if pos_parts else empty
+    if len(pos) == 0:
+        return Matches(empty, empty, empty, np.zeros(0), empty, empty)
+    key = np.concatenate(key_parts).astype(np.int64)
+    glen = np.concatenate(len_parts)
+    row = words.row_of(pos)
+    # Expand each hit to every segment holding that gram.
+    counts = index.offsets[key + 1] - index.offsets[key]
+    rep = np.repeat(np.arange(len(key)), counts)
+    within = np.arange(len(rep)) - np.repeat(np.cumsum(counts) - counts, counts)
+    seg = index.postings[index.offsets[key][rep] + within].astype(np.int64)
+    row, k2, p, gl = row[rep], key[rep], pos[rep], glen[rep]
+    # Group by (row, segment); count distinct keys (a gram repeated in a row counts once).
+    order = np.lexsort((k2, seg, row))
+    row, seg, k2, p, gl = row[order], seg[order], k2[order], p[order], gl[order]
+    new_group = np.ones(len(row), bool)
+    new_group[1:] = (row[1:] != row[:-1]) | (seg[1:] != seg[:-1])
+    new_key = new_group.copy()
+    new_key[1:] |= k2[1:] != k2[:-1]
+    gstart = np.flatnonzero(new_group)
+    found = np.add.reduceat(new_key.astype(np.int64), gstart)
+    first = np.minimum.reduceat(p, gstart)
+    end = np.maximum.reduceat(p + gl, gstart)
+    g_seg = seg[gstart]
+    fraction = found / np.maximum(index.seg_total[g_seg], 1)
+    return Matches(row[gstart], g_seg, found, fraction, first, end)
