@@ -105,17 +105,18 @@ class RowSelector(Stage):
     """A selector that decides each batch on its own, given what `make_fn` loads.
 
     Subclasses implement `make_fn()` returning a `BatchFn` whose output carries the decision
-    columns (use `with_decisions`). Side inputs, if any, come from `side_inputs(pipeline)`.
+    columns (use `with_decisions`). Side inputs, if any, come from `side_input_views(pipeline)`
+    (not `side_inputs`: Beam reads a PTransform's `side_inputs` attribute as a tuple).
     """
 
     def make_fn(self) -> BatchFn:
         raise NotImplementedError
 
-    def side_inputs(self, pipeline: beam.Pipeline) -> tuple[Any, ...]:
+    def side_input_views(self, pipeline: beam.Pipeline) -> tuple[Any, ...]:
         return ()
 
     def expand(self, batches):
-        side = self.side_inputs(batches.pipeline)
+        side = self.side_input_views(batches.pipeline)
         decided = batches | MapBatches(self.make_fn(), self.ctx.name, *side)
         return decided | ApplyDecisions(self)
 
