@@ -38,8 +38,14 @@ def _hermetic_env(tmp_path_factory):
 
 
 def run_recipe(recipe: dict, base_dir: Path):
-    """Validate a recipe mapping and run its Beam pipeline (no Prefect): the RunResult."""
+    """Validate a recipe mapping, run its Beam pipeline and publish the manifest (no Prefect).
+
+    Returns the RunResult (counters, shards, reports, out_dir)."""
+    from thresher.flows.publish import publish
     from thresher.pipelines.build import run_pipeline
     from thresher.schemas.recipe import validate_recipe
 
-    return run_pipeline(validate_recipe(recipe, base_dir=str(base_dir)))
+    r = validate_recipe(recipe, base_dir=str(base_dir))
+    result = run_pipeline(r)
+    publish(r, result)
+    return result

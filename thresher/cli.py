@@ -19,7 +19,7 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Curate and select LLM training data: recipe -> Beam -> Arrow shards.")
 console = Console(stderr=False)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line each: greppable
 
 DEMO_OUT = "thresher-demo-out"
 

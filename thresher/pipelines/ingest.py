@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -265,7 +266,12 @@ def _rename_extra(name: str) -> str:
 def normalize_text(arr: pa.Array, norm: Normalize) -> pa.Array:
     """Vectorised text normalisation (pyarrow.compute, RE2)."""
     if norm.nfc:
-        arr = pc.utf8_normalize(arr, "NFC")
+        # Not pc.utf8_normalize: in pyarrow 25 it returns the decomposed form for every
+        # `form` (NFC included; see tests/test_ingest_formats.py). CPython's unicodedata is
+        # exact, and `is_normalized` makes the usual already-NFC text nearly free.
+        values = arr.to_pylist()
+        if not all(v is None or unicodedata.is_normalized("NFC", v) for v in values):
+            arr = pa.array([v if v is None else unicodedata.normalize("NFC", v) for v in values], pa.string())
     if norm.strip_control:
         # C0 controls except tab/newline/carriage return, DEL, and C1 controls.
         arr = pc.replace_substring_regex(arr, r"[\x{0}-\x{8}\x{b}\x{c}\x{e}-\x{1f}\x{7f}-\x{9f}]", "")
@@ -373,24 +379,31 @@ def _dict_records_to_batches(task: ReadTask, records: Iterator[tuple[int, bytes,
             q = q2 if q is None else pa.Table.from_batches([q, q2]).combine_chunks().to_batches()[0]
         return b, q
 
-    for row_no, raw, obj, err in records:
-        if err is not None:
-            chunk.quarantine(row_no, err, None, raw)
-        elif not isinstance(obj, dict):
-            chunk.quarantine(row_no, f"not a JSON object (got {type(obj).__name__})", None, raw)
-        else:
-            text, reason, bad_field = _text_of(src, obj, fields)
-            if reason is not None:
-                chunk.quarantine(row_no, reason, bad_field, raw)
+    try:
+        for row_no, raw, obj, err in records:
+            if err is not None:
+                chunk.quarantine(row_no, err, None, raw)
+            elif not isinstance(obj, dict):
+                chunk.quarantine(row_no, f"not a JSON object (got {type(obj).__name__})", None, raw)
             else:
-                chunk.texts.append(text)  # type: ignore[arg-type]
-                chunk.row_nos.append(row_no)
-                if src.id_field:
-                    chunk.ids.append(obj.get(src.id_field))
-                chunk.extras.append({k: v for k, v in obj.items() if _keep(src, k)})
-        if len(chunk) >= batch_rows:
+                text, reason, bad_field = _text_of(src, obj, fields)
+                if reason is not None:
+                    chunk.quarantine(row_no, reason, bad_field, raw)
+                else:
+                    chunk.texts.append(text)  # type: ignore[arg-type]
+                    chunk.row_nos.append(row_no)
+                    if src.id_field:
+                        chunk.ids.append(obj.get(src.id_field))
+                    chunk.extras.append({k: v for k, v in obj.items() if _keep(src, k)})
+            if len(chunk) >= batch_rows:
+                yield flush(chunk)
+                chunk = _Chunk()
+    except (OSError, EOFError, ValueError):
+        # The file broke part-way (truncated gzip, say): keep every row read before the
+        # break, then let the caller record the failure itself.
+        if len(chunk):
             yield flush(chunk)
-            chunk = _Chunk()
+        raise
     if len(chunk):
         yield flush(chunk)
 
@@ -438,12 +451,16 @@ def _iter_hub(src: Source) -> Iterator[tuple[int, bytes, Any, str | None]]:
         yield i, b"", obj, None
 
 
-def _table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_rows: int):
+def _table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_rows: int,
+                      row_numbers: np.ndarray | None = None):
     """Columnar input (Parquet, Arrow, CSV, datasets) -> canonical + quarantine batches."""
     src = task.source
     for off in range(0, table.num_rows, batch_rows):
         part = table.slice(off, batch_rows)
-        row_nos = np.arange(first_row + off, first_row + off + part.num_rows, dtype=np.int64)
+        if row_numbers is not None:
+            row_nos = row_numbers[off: off + part.num_rows]
+        else:
+            row_nos = np.arange(first_row + off, first_row + off + part.num_rows, dtype=np.int64)
         q = None
         if src.text_template is None:
             text = part.column(src.text_field).combine_chunks()
@@ -553,7 +570,7 @@ def _iter_csv(task: ReadTask, batch_rows: int):
         row_nos = row_nos[~invalid]
     if q is not None:
         yield None, q
-    for b, qq in _table_to_batches(task, table, 0, batch_rows):
+    for b, qq in _table_to_batches(task, table, 0, batch_rows, row_numbers=row_nos):
         yield b, qq
 
 
