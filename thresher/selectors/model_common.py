@@ -193,3 +193,12 @@ def model_stats(batch: pa.RecordBatch) -> dict[str, Any]:
         "cache_hits": int(np.sum(batch.column(CACHE_HITS).to_numpy())),
         "failures_by_kind": dict(fails),
     }
+
+
+def with_policy_facts(report: dict[str, Any], params: ModelSelectorParams) -> dict[str, Any]:
+    # What produced the numbers — never the API key (only the variable's name is in params).
+    pol = params.policy
+    report["policy"] = {"backend": pol.backend, "model": pol.model, "api": pol.api,
+                        "base_url": pol.base_url if pol.backend == "openai" else None}
+    report["sampling"] = params.sampling.model_dump()
+    return report

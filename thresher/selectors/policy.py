@@ -398,8 +398,9 @@ class CachedPolicy:
     """A policy with the rollout store in front: each request is answered from disk when it
     was made before (same model, prompt, sampling, sample, seed), else by the backend."""
 
-    def __init__(self, policy: Policy, store, sampling: SamplingParams, seed: int):
+    def __init__(self, policy: Policy, store, sampling: SamplingParams, seed: int, chunk: int = 64):
         self.policy = policy
+        self.chunk = chunk
         self.store = store
         self.sampling = sampling
         self.seed = seed
@@ -434,15 +435,22 @@ class CachedPolicy:
                     out[i] = Generation(None, None, BUDGET)
                 self.stats.failures[BUDGET] += len(todo[k])
             miss_keys = miss_keys[: max(allow_calls, 0)]
+        # In chunks, each stored as soon as it is done: a run killed mid-batch loses at most
+        # one chunk of work.
+        for c0 in range(0, len(miss_keys), self.chunk):
+            self._call([(k, requests[todo[k][0]]) for k in miss_keys[c0:c0 + self.chunk]], todo, out)
+        return out  # type: ignore[return-value]
+
+    def _call(self, items, todo, out) -> None:
+        miss_keys = [k for k, _ in items]
         if miss_keys:
-            gens = self.policy.generate([requests[todo[k][0]] for k in miss_keys], self.sampling, self.seed)
+            gens = self.policy.generate([r for _, r in items], self.sampling, self.seed)
             self.stats.calls += len(miss_keys)
             records = []
-            for k, g in zip(miss_keys, gens):
+            for (k, r), g in zip(items, gens):
                 if g.text is None:
                     self.stats.failures[g.error or BACKEND] += 1
                 else:
-                    r = requests[todo[k][0]]
                     records.append({"key": k, "model": self.policy.model_id, "prompt": r.problem + "\x00" + r.prefix,
                                     "params": {**self.sampling.model_dump(), "stop": list(r.stop),
                                                "max_tokens": r.max_tokens or self.sampling.max_tokens},
@@ -452,4 +460,3 @@ class CachedPolicy:
                     out[i] = g
             if self.store is not None:
                 self.store.put_many(records)
-        return out  # type: ignore[return-value]

@@ -35,7 +35,7 @@ from thresher.schemas import rows
 from thresher.selectors.base import ApplyDecisions, RowSelector, with_decisions
 from thresher.selectors.model_common import (
     ModelSelectorParams, ModelSession, SumSummaries, answers_of, append_columns, check_model_params,
-    histogram, model_stats, stat_columns, strip_stats,
+    histogram, model_stats, stat_columns, strip_stats, with_policy_facts,
 )
 from thresher.selectors.policy import BUDGET, Request
 
@@ -329,7 +329,7 @@ class VarianceFilter(RowSelector):
         scored = batches | MapBatches(self.make_fn(), name, label=f"{name}/Score")
         report = (scored | f"{name}/Summarise" >> beam.CombineGlobally(SumSummaries(_summarise, _finish)))
         if self.params.uses_model:
-            report = report | f"{name}/AddPolicy" >> beam.Map(_with_policy_facts, self.params)
+            report = report | f"{name}/AddPolicy" >> beam.Map(with_policy_facts, self.params)
         self.ctx.write_report(report)
         side = ()
         if self.params.top_k is not None or self.params.source_quotas:
@@ -338,11 +338,3 @@ class VarianceFilter(RowSelector):
         decided = scored | MapBatches(_DecideVariance(self.params), name, *side, label=f"{name}/Decide")
         return decided | ApplyDecisions(self)
 
-
-def _with_policy_facts(report: dict[str, Any], params: ModelSelectorParams) -> dict[str, Any]:
-    # What produced the numbers — never the API key (only the variable's name is in params).
-    pol = params.policy
-    report["policy"] = {"backend": pol.backend, "model": pol.model, "api": pol.api,
-                        "base_url": pol.base_url if pol.backend == "openai" else None}
-    report["sampling"] = params.sampling.model_dump()
-    return report

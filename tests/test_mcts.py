@@ -1,0 +1,138 @@
+"""MCTS difficulty: the search against a scripted policy of known success probability, and the
+`mcts_difficulty` stage through a real Beam pipeline (scripted backend, real rollout store)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.conftest import run_recipe
+from thresher.selectors.mcts_difficulty import MctsParams, Search, new_tree
+from thresher.selectors.policy import CachedPolicy, SamplingParams, ScriptedPolicy, bernoulli_script
+from thresher.selectors.rewards import make_reward
+
+PS = [1.0, 0.5, 0.2, 0.05, 0.0]
+
+
+def _search(trees, seed, **kw):
+    policy = ScriptedPolicy(bernoulli_script)
+    cp = CachedPolicy(policy, None, SamplingParams(), seed)
+    Search(MctsParams(**kw), make_reward("math"), cp.generate).run(trees)
+    return policy
+
+
+def test_difficulty_orders_problems_by_success_probability():
+    diffs = {p: [] for p in PS}
+    for seed in range(12):
+        trees = [new_tree(f"Problem {i}: p={p} answer=42 steps=2", "42") for i, p in enumerate(PS)]
+        _search(trees, seed)
+        for p, t in zip(PS, trees):
+            # unsolved counts as one past the last iteration
+            diffs[p].append(t.solved_at if t.solved_at is not None else 51)
+            if p == 1.0:
+                assert t.solved_at == 1 and t.status == "solved" and t.iteration == 1
+                assert t.requests == 4  # 3 children + 1 rollout
+            if p == 0.0:
+                assert t.status == "unsolved" and t.solved_at is None and t.iteration == 50
+    means = [float(np.mean(diffs[p])) for p in PS]
+    print("mean difficulty by p:", dict(zip(PS, means)))
+    assert means == sorted(means) and len(set(means)) == len(means), means
+    assert means[0] == 1.0 and means[-1] == 51.0
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_unsolvable_problem_exact_call_count(steps):
+    # The tree is finite: every node at depth <= steps is expanded once (3 calls), and every
+    # expansion with open children is followed by one rollout. After that, iterations only
+    # re-score final leaves, without calls.
+    t = new_tree(f"p=0 answer=42 steps={steps}", "42")
+    policy = _search([t], seed=0)
+    expanded = sum(3**d for d in range(steps + 1))
+    rollouts = sum(3**d for d in range(steps))
+    assert t.status == "unsolved" and t.iteration == 50
+    assert t.requests == policy.calls == 3 * expanded + rollouts  # 13 and 43
+
+
+def test_never_answering_policy_costs_four_calls_per_iteration():
+    t = new_tree("p=0 answer=42 steps=1000", "42")
+    policy = _search([t], seed=0)
+    assert (t.status, t.iteration, t.requests, policy.calls) == ("unsolved", 50, 200, 200)
+
+
+def test_per_problem_budget_stops_search_and_says_so():
+    t = new_tree("p=0 answer=42 steps=1000", "42")
+    policy = _search([t], seed=0, max_calls_per_problem=10)
+    assert (t.status, t.iteration, t.requests, policy.calls) == ("budget_exhausted", 2, 8, 8)
+
+
+def _problems(path, ps, copies=1):
+    with open(path, "w") as fh:
+        for c in range(copies):
+            for i, p in enumerate(ps):
+                fh.write(json.dumps({"question": f"Problem {c}-{i}: p={p} answer={40 + i} steps=2",
+                                     "answer": str(40 + i), "p": p}) + "\n")
+
+
+def _rows(run):
+    tables = [pa.ipc.open_stream(f"{run.out_dir}/{s['path']}").read_all() for s in run.shards]
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def _recipe(tmp_path, **params):
+    return {
+        "seed": 3,
+        "sources": [{"name": "arith", "paths": [str(tmp_path / "problems.jsonl")], "text_field": "question"}],
+        "stages": [{"type": "mcts_difficulty",
+                    "params": {"policy": {"backend": "scripted"}, "min_difficulty": 1, **params}}],
+        "output": {"dir": str(tmp_path / "out"), "order": "sorted", "sort_by": "source_row"},
+        "batch_rows": 4,
+    }
+
+
+def test_stage_writes_columns_keeps_hard_and_unsolved_and_resumes_from_cache(tmp_path):
+    _problems(tmp_path / "problems.jsonl", PS, copies=2)  # 10 rows, 3 batches
+    run = run_recipe(_recipe(tmp_path, write_rollouts=True), tmp_path)
+    rep = run.reports["mcts_difficulty"]
+    rows = _rows(run)
+    kept_p = sorted(r["p"] for r in rows)
+    # p=1 is solved at iteration 1 (<= min_difficulty 1): dropped as too easy; p=0 kept unsolved.
+    assert 1.0 not in kept_p and kept_p.count(0.0) == 2
+    for r in rows:
+        assert r["mcts_status"] in ("solved", "unsolved")
+        assert r["mcts_solved"] == (r["mcts_status"] == "solved")
+        if r["mcts_solved"]:
+            assert r["mcts_difficulty"] > 1 and str(r["answer"]) in r["mcts_solution"]
+        else:
+            assert r["mcts_difficulty"] is None and r["mcts_iterations"] == 50 and r["mcts_calls"] == 43
+    too_easy = run.counters.get("mcts_difficulty/dropped/too_easy/arith", 0)
+    assert too_easy + len(rows) == 10
+    assert sum(rep["difficulty_histogram"].values()) == rep["rows"] == 10
+    n_unsolved = sum(r["mcts_status"] == "unsolved" for r in rows)
+    assert rep["difficulty_histogram"]["unsolved"] == n_unsolved >= 2
+    assert rep["difficulty_histogram"]["1"] == too_easy >= 2
+    assert rep["model_calls"] > 0 and rep["cache_hits"] == 0 and rep["failures_by_kind"] == {}
+    assert rep["requests"] == rep["model_calls"]
+    assert not any(c.startswith("__") for c in rows[0])
+
+    again = run_recipe(_recipe(tmp_path, write_rollouts=True), tmp_path)
+    rep2 = again.reports["mcts_difficulty"]
+    assert rep2["model_calls"] == 0 and rep2["cache_hits"] == rep["model_calls"]
+    assert _rows(again) == rows
+
+
+def test_run_budget_records_unscored_rows_instead_of_losing_them(tmp_path):
+    _problems(tmp_path / "problems.jsonl", [0.0] * 6)
+    run = run_recipe(_recipe(tmp_path, max_calls_per_run=30), tmp_path)
+    rows = _rows(run)
+    assert len(rows) == 6  # nothing lost: on_unscored=keep
+    rep = run.reports["mcts_difficulty"]
+    assert rep["model_calls"] <= 30
+    assert rep["status"].get("budget_exhausted", 0) >= 1
+    assert rep["failures_by_kind"].get("budget_exhausted", 0) >= 1
+    assert {r["mcts_status"] for r in rows} <= {"unsolved", "budget_exhausted"}
+    for r in rows:
+        if r["mcts_status"] == "budget_exhausted":
+            assert r["mcts_solved"] is None and r["mcts_difficulty"] is None
