@@ -237,3 +237,20 @@ def test_too_many_bad_records_fail_the_run(tmp_path):
     assert "5 of 25 records (20.0%) were malformed" in res.output and "max_bad_fraction" in res.output
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert (tmp_path / "out" / "quarantine" / "part-00000-00000.arrow").exists()  # kept for inspection
+
+
+def test_portable_runner_gives_the_same_shards(mixed_inputs):
+    """The portable (job-server) path that Flink/Spark/Dataflow use, run in process."""
+    tmp = mixed_inputs["dir"]
+    recipe = mixed_inputs["recipe"]
+    digests = []
+    for name, runner in (("local", {}), ("portable", {"runner": "PortableRunner",
+                                                       "options": {"job_endpoint": "embed", "environment_type": "LOOPBACK"}})):
+        r = dict(recipe, output=dict(recipe["output"], dir=name), runner=runner)
+        res = CliRunner().invoke(app, ["run", str(_write_recipe(tmp, r)), "--no-prefect"])
+        assert res.exit_code == 0, res.output
+        m = load_manifest(str(tmp / name))
+        assert m["counts"]["balanced"] and m["num_rows"] == 900
+        digests.append([s["sha256"] for s in m["shards"]])
+    assert digests[0] == digests[1]
+    assert m["runner"] == "PortableRunner"

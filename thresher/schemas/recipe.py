@@ -1,8 +1,8 @@
 """The recipe: a YAML file, validated by pydantic before any work starts.
 
-Configuration is data. Every key is documented here (the README's recipe reference is
-generated from the same field descriptions), and an invalid recipe fails with the key path
-and what was wrong, never half-way through a run.
+Configuration is data. Every key is documented here (the README's recipe reference says the
+same), and an invalid recipe fails with the key path and what was wrong, never half-way
+through a run.
 """
 
 from __future__ import annotations
