@@ -49,7 +49,8 @@ def test_gsm8k_precomputed_rewards_drop_all_correct_and_all_wrong(shared_data, t
     # 1/4, 2/4, 3/4 correct: variances 3/16, 1/4, 3/16
     assert rep["variance_histogram"]["0.175-0.2"] == 290 + 205
     assert rep["variance_histogram"]["0.225-0.25"] == 236
-    assert rep["model_calls"] == 0
+    assert rep["model_calls"] == 0 and "policy" not in rep
+    assert not (tmp_path / "out" / "cache").exists()  # no model, no rollout store
     rows = _rows(run)
     assert {r["n_rollouts"] for r in rows} == {4}
     assert sorted({r["solve_rate"] for r in rows}) == [0.25, 0.5, 0.75]

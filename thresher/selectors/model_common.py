@@ -84,11 +84,12 @@ class ModelSession:
         d["cp"] = None
         return d
 
-    def open(self) -> None:
-        if self.cp is not None:
+    def open(self, with_policy: bool = True) -> None:
+        """Load the reward; with the policy, also connect the client and open the store."""
+        self.reward = make_reward(self.params.reward, self.params.last_number_fallback)
+        if self.cp is not None or not with_policy:
             return
         store = RolloutStore(self.path)
-        self.reward = make_reward(self.params.reward, self.params.last_number_fallback)
         self.cp = CachedPolicy(make_policy(self.params.policy), store, self.params.sampling, self.seed)
 
     def allowance(self, wanted: int) -> int | None:

@@ -115,7 +115,7 @@ class _ScoreVariance(BatchFn):
         self.s = session
 
     def setup(self) -> None:
-        self.s.open()
+        self.s.open(with_policy=self.p.uses_model)  # precomputed rewards need no model
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         p = self.p
