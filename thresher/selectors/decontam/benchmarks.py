@@ -3,14 +3,15 @@
 A benchmark is read driver-side (benchmark files are small) with the ingest readers, so every
 input format thresher reads (JSONL plain/.gz/.zst, Parquet, Arrow, CSV, `datasets` on disk or
 on the hub) works here too. Each entry of `fields` is one *segment* of an item, matched on its
-own: a field name (`question`), or a template over several fields (`{question} {choices}`; a
-list-valued field is written out whole, its brackets and quotes vanish in normalisation).
+own: a field name (`question`), or a template over several fields (`{question} {choices}`: a
+list-valued field is joined by spaces; `{choices:lettered}` writes "A. x B. y ...").
 """
 
 from __future__ import annotations
 
 import os
 import string
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,9 +30,11 @@ PRESETS: dict[str, tuple[list[str], str | None]] = {
     "math": (["problem"], None),
     "math500": (["problem"], "unique_id"),
     "humaneval": (["prompt", "canonical_solution"], "task_id"),
-    "mmlu": (["{question} {choices}"], "id"),
+    # Three segments: the question alone, and question + choices printed bare or lettered
+    # ("A. ..."): letters between choices would otherwise break every n-gram spanning two.
+    "mmlu": (["question", "{question} {choices}", "{question} {choices:lettered}"], "id"),
     # llm-foundry's ARC: `query` ("Question: ...") and `choices`.
-    "arc": (["{query} {choices}"], None),
+    "arc": (["query", "{query} {choices}", "{query} {choices:lettered}"], None),
 }
 
 
@@ -43,13 +46,15 @@ class Benchmark(BaseModel):
     name: str | None = Field(None, description="Name in reports and drop reasons (default: the preset).")
     preset: Literal["gsm8k", "math", "math500", "humaneval", "mmlu", "arc"] | None = Field(
         None, description="Built-in field choice: gsm8k (question), math/math500 (problem), "
-        "humaneval (prompt, canonical_solution), mmlu ({question} {choices}), arc ({query} {choices}).")
+        "humaneval (prompt, canonical_solution), mmlu (question; question + choices, bare and "
+        "lettered), arc (the same with query).")
     paths: list[str] = Field(default_factory=list, description="Files or globs, relative to the recipe.")
     format: Literal["auto", "jsonl", "parquet", "arrow", "csv", "hf_disk", "hf_hub"] = Field(
         "auto", description="File format; `auto` detects it from the extension.")
     fields: list[str] | None = Field(
         None, description="Segments to match, each a field name or a template like "
-        "'{question} {choices}'. Default: the preset's.")
+        "'{question} {choices}' (list fields joined by spaces; '{choices:lettered}' writes "
+        "'A. x B. y'). Default: the preset's.")
     id_field: str | None = Field(
         None, description="Field with the item id; default the preset's, else `<name>/<line or row>`.")
     hf_name: str | None = Field(None, description="hf_hub: dataset name.")
@@ -82,17 +87,14 @@ class Benchmark(BaseModel):
             raise ValueError("no '/' or whitespace in a benchmark name")
         return v
 
-    def segment_sources(self) -> list[Source]:
-        """One ingest `Source` per segment (the template becomes the text)."""
-        out = []
-        for i, seg in enumerate(self.fields or []):
-            templ = seg if "{" in seg else "{" + seg + "}"
-            out.append(Source(
-                name=f"{self.name}.{i}", paths=self.paths, format=self.format, text_template=templ,
-                id_field=self.id_field, keep_fields=[], hf_name=self.hf_name, hf_config=self.hf_config,
-                split=self.split, max_bad_fraction=1.0,
-            ))
-        return out
+    def read_source(self, fields: list[str] | None = None) -> Source:
+        """An ingest `Source` that reads every record having all of `fields` (default: the
+        fields the segments use), carrying them as extra columns."""
+        needed = fields or [f for f in self.needed_fields() if f != self.id_field] or self.needed_fields()
+        return Source(name=self.name, paths=self.paths, format=self.format,
+                      text_template=" ".join("{" + f + "}" for f in needed), id_field=self.id_field,
+                      keep_fields=needed, hf_name=self.hf_name, hf_config=self.hf_config, split=self.split,
+                      max_bad_fraction=1.0)
 
     def needed_fields(self) -> list[str]:
         out: list[str] = []
@@ -128,9 +130,8 @@ def check_benchmarks(recipe: Recipe, benchmarks: list[Benchmark], key: str = "be
     problems = []
     for i, b in enumerate(benchmarks):
         loc = f"{key}.{i} ({b.name})"
-        src = b.segment_sources()[0]
         # Check every needed field at once (plan_reads checks a columnar file's schema).
-        probe = src.model_copy(update={"text_template": " ".join("{" + f + "}" for f in b.needed_fields())})
+        probe = b.read_source(b.needed_fields())
         try:
             tasks, _ = plan_reads(recipe, [probe], with_hashes=False)
         except (InputError, RecipeError) as exc:
@@ -165,9 +166,26 @@ def _first_record_fields(path: str, fmt: str) -> set[str] | None:
     return None
 
 
+class _SegmentFormatter(string.Formatter):
+    """`{field}` as usual; a list field is written as its items joined by spaces, or with
+    `{field:lettered}` as "A. x B. y ..." — the way exam pages print multiple choice."""
+
+    def format_field(self, value: Any, spec: str) -> str:
+        if isinstance(value, (list, tuple)):
+            if spec == "lettered":
+                return " ".join(f"{chr(65 + i)}. {v}" for i, v in enumerate(value))
+            return " ".join(str(v) for v in value)
+        if spec == "lettered":
+            spec = ""
+        return super().format_field(value, spec)
+
+
+_FORMATTER = _SegmentFormatter()
+
+
 def load_segments(recipe: Recipe, benchmarks: list[Benchmark]) -> Segments:
     """Read every benchmark's segments (driver side). Raises RecipeError if one yields nothing."""
-    from thresher.pipelines.ingest import plan_reads, read_task
+    from thresher.pipelines.ingest import _rename_extra, plan_reads, read_task
 
     texts: list[str] = []
     seg_item: list[int] = []
@@ -177,38 +195,47 @@ def load_segments(recipe: Recipe, benchmarks: list[Benchmark]) -> Segments:
     unreadable: dict[str, int] = {}
     problems = []
     for bi, b in enumerate(benchmarks):
-        items: dict[tuple[str, int], int] = {}  # (file, row) -> item number
-        n_files = None
+        # Rows lacking a needed field are skipped (and counted); the fields travel as extra
+        # columns and the segments are formatted here, with list-aware formatting.
+        src = b.read_source()
+        needed = list(src.keep_fields)
+        tasks, _ = plan_reads(recipe, [src], with_hashes=False)
+        n_files = len({t.path for t in tasks})
         skipped = 0
-        for si, src in enumerate(b.segment_sources()):
-            tasks, _ = plan_reads(recipe, [src], with_hashes=False)
-            n_files = len({t.path for t in tasks})
-            got = 0
-            for t in tasks:
-                for batch, q in read_task(t, recipe.batch_rows):
-                    if q is not None:
-                        skipped += q.num_rows
-                    if batch is None:
-                        continue
-                    for text, rid, f, r in zip(*(batch.column(c).to_pylist() for c in
-                                                 (rows.TEXT, rows.ID, rows.SOURCE_FILE, rows.SOURCE_ROW))):
-                        k = (f, r)
-                        num = items.get(k)
-                        if num is None:
-                            if b.limit is not None and len(items) >= b.limit:
-                                continue
-                            num = items[k] = len(item_id)
-                            if not b.id_field:
-                                rid = f"{b.name}/{r}" if n_files == 1 else f"{b.name}/{os.path.basename(f)}:{r}"
-                            item_id.append(str(rid))
-                            item_bench.append(bi)
-                        texts.append(text)
-                        seg_item.append(num)
-                        got += 1
+        n_items = 0
+        per_seg = [0] * len(b.fields or [])
+        for t in tasks:
+            for batch, q in read_task(t, recipe.batch_rows):
+                if q is not None:
+                    skipped += q.num_rows
+                if batch is None:
+                    continue
+                cols = {f: batch.column(_rename_extra(f)).to_pylist() for f in needed}
+                ids = batch.column(rows.ID).to_pylist()
+                for r, (rid, fname, row_no) in enumerate(zip(ids, batch.column(rows.SOURCE_FILE).to_pylist(),
+                                                          batch.column(rows.SOURCE_ROW).to_pylist())):
+                    if b.limit is not None and n_items >= b.limit:
+                        break
+                    record = {f: cols[f][r] for f in needed}
+                    if not b.id_field:
+                        rid = f"{b.name}/{row_no}" if n_files == 1 else f"{b.name}/{os.path.basename(fname)}:{row_no}"
+                    num = len(item_id)
+                    item_id.append(str(rid))
+                    item_bench.append(bi)
+                    n_items += 1
+                    for si, seg in enumerate(b.fields or []):
+                        templ = seg if "{" in seg else "{" + seg + "}"
+                        # NFC, as ingest does to pool text (the fields bypass ingest's normaliser).
+                        text = unicodedata.normalize("NFC", _FORMATTER.format(templ, **record))
+                        if text.strip():
+                            texts.append(text)
+                            seg_item.append(num)
+                            per_seg[si] += 1
+        for si, got in enumerate(per_seg):
             if got == 0:
-                problems.append(f"benchmark {b.name}: segment {b.fields[si]!r} gave no text "
+                problems.append(f"benchmark {b.name}: segment {(b.fields or [])[si]!r} gave no text "
                                 f"(field missing or empty in every record)")
-        bench_items.append(len(items))
+        bench_items.append(n_items)
         unreadable[b.name] = skipped  # type: ignore[index]
     if problems:
         raise RecipeError(problems, "recipe")

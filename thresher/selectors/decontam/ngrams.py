@@ -56,6 +56,7 @@ class Words:
     offsets: np.ndarray  # int64, n_rows + 1
     flat: pa.Array  # the words themselves (for audit spans)
     _prefix: np.ndarray | None = field(default=None, repr=False)
+    _room: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_rows(self) -> int:
@@ -77,6 +78,12 @@ class Words:
             np.cumsum(self.hashes * pw[:w], out=p[1:])
             self._prefix = p
         return self._prefix
+
+    def room(self) -> np.ndarray:
+        """Words from each position to the end of its row."""
+        if self._room is None:
+            self._room = np.repeat(self.offsets[1:], self.lengths) - np.arange(len(self.hashes))
+        return self._room
 
     def span(self, start: int, end: int) -> str:
         return " ".join(self.flat[start:end].to_pylist())
@@ -139,9 +146,7 @@ def grams_at(words: Words, starts: np.ndarray, k: int) -> np.ndarray:
 
 def gram_starts(words: Words, k: int) -> np.ndarray:
     """Flat positions where a k-gram starts without crossing a row boundary."""
-    lengths = words.lengths
-    row_end = np.repeat(words.offsets[1:], lengths)
-    return np.flatnonzero(np.arange(len(words.hashes)) + k <= row_end)
+    return np.flatnonzero(words.room() >= k)
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,13 +163,18 @@ class NgramIndex:
     postings: np.ndarray  # int32 segment numbers
     seg_total: np.ndarray  # int32: indexed grams per segment (the fraction's denominator)
     short_lengths: tuple[int, ...]  # word counts < n of segments matched whole
+    # Sorted hashes of the first `min_words` words of those short segments: one cheap pass
+    # over a row finds the few places where a whole short segment could start.
+    min_words: int
+    short_prefixes: np.ndarray
     filter_bits: int
     bitset: np.ndarray  # uint8, 2^filter_bits bits: is any key's top-bits prefix here?
     common_dropped: int = 0  # grams ignored because more than max_matches items share them
 
     @property
     def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in (self.keys, self.offsets, self.postings, self.seg_total, self.bitset)))
+        return int(sum(a.nbytes for a in (self.keys, self.offsets, self.postings, self.seg_total, self.bitset,
+                                          self.short_prefixes)))
 
     def contains(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask of hashes in the index, their key positions)."""
@@ -194,6 +204,7 @@ def build_index(texts: list[str], seg_item: np.ndarray, n: int, min_words: int,
     segs = [words.row_of(starts)]
     short = np.flatnonzero((lengths >= min_words) & (lengths < n))
     short_lengths = tuple(int(k) for k in np.unique(lengths[short]))
+    short_prefixes = np.unique(grams_at(words, words.offsets[short], min_words))
     for k in short_lengths:
         s = short[lengths[short] == k]
         hashes.append(grams_at(words, words.offsets[s], k))
@@ -231,7 +242,8 @@ def build_index(texts: list[str], seg_item: np.ndarray, n: int, min_words: int,
         slot = keys >> _U64(64 - bits)
         np.bitwise_or.at(bitset, (slot >> _U64(3)).astype(np.int64), (1 << (slot & _U64(7))).astype(np.uint8))
     return NgramIndex(n=n, keys=keys, offsets=offsets, postings=seg.astype(np.int32), seg_total=seg_total,
-                      short_lengths=short_lengths, filter_bits=bits, bitset=bitset,
+                      short_lengths=short_lengths, min_words=min_words, short_prefixes=short_prefixes,
+                      filter_bits=bits, bitset=bitset,
                       common_dropped=common_dropped)
 
 
@@ -250,8 +262,15 @@ class Matches:
 def lookup(index: NgramIndex, words: Words) -> Matches:
     empty = np.zeros(0, np.int64)
     pos_parts, key_parts, len_parts = [], [], []
+    candidates = np.zeros(0, np.int64)
+    if index.short_lengths:
+        starts = gram_starts(words, index.min_words)
+        pre = grams_at(words, starts, index.min_words)
+        pos = np.minimum(np.searchsorted(index.short_prefixes, pre), len(index.short_prefixes) - 1)
+        candidates = starts[index.short_prefixes[pos] == pre]
+    room = words.room()
     for k in (index.n, *index.short_lengths):
-        starts = gram_starts(words, k)
+        starts = gram_starts(words, k) if k == index.n else candidates[room[candidates] >= k]
         hit, keypos = index.contains(grams_at(words, starts, k))
         pos_parts.append(starts[hit])
         key_parts.append(keypos)
