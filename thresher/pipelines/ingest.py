@@ -42,6 +42,7 @@ log = logging.getLogger("thresher.ingest")
 
 QUARANTINE_TAG = "quarantine"
 _RAW_LIMIT = 1 << 20  # keep at most 1 MiB of one bad record's bytes
+_PROGRESS_ROWS = 250_000  # a progress line per this many rows of one file
 
 
 class InputError(RecipeError):
@@ -632,6 +633,8 @@ class _ReadDoFn(beam.DoFn):
                     n_ok += batch.num_rows
                     if self.count:
                         count_by_source("read", batch)
+                    if n_ok // _PROGRESS_ROWS != (n_ok - batch.num_rows) // _PROGRESS_ROWS:
+                        log.info("reading %s: %d rows so far", task.path, n_ok)
                     yield batch
         except (OSError, EOFError, pa.ArrowException, ValueError) as exc:
             # A file that breaks mid-read (truncated gzip, corrupt Parquet page): the rows
