@@ -190,33 +190,51 @@ class NgramIndex:
         return mask, pos[hit]
 
 
-def build_index(texts: list[str], seg_item: np.ndarray, n: int, min_words: int,
-                max_matches: int | None) -> NgramIndex:
-    """Index benchmark segments. `seg_item[s]` is segment s's item number (for max_matches).
-
-    Segments with at least n words contribute their distinct n-grams; segments with
-    min_words..n-1 words contribute one gram, the whole segment; shorter ones nothing.
-    """
+def _segment_grams(texts: list[str], n: int, min_words: int):
+    """(distinct (gram, segment) pairs, short-segment prefixes, short lengths) of some segments."""
     words = split_words(pa.array(texts, pa.string()))
     lengths = words.lengths
     starts = gram_starts(words, n)
     hashes = [grams_at(words, starts, n)]
     segs = [words.row_of(starts)]
     short = np.flatnonzero((lengths >= min_words) & (lengths < n))
-    short_lengths = tuple(int(k) for k in np.unique(lengths[short]))
-    short_prefixes = np.unique(grams_at(words, words.offsets[short], min_words))
+    short_lengths = [int(k) for k in np.unique(lengths[short])]
+    prefixes = grams_at(words, words.offsets[short], min_words)
     for k in short_lengths:
         s = short[lengths[short] == k]
         hashes.append(grams_at(words, words.offsets[s], k))
         segs.append(s)
     h = np.concatenate(hashes)
     seg = np.concatenate(segs).astype(np.int64)
-    # Distinct (gram, segment) pairs, sorted by gram.
     order = np.lexsort((seg, h))
     h, seg = h[order], seg[order]
     keep = np.ones(len(h), bool)
     keep[1:] = (h[1:] != h[:-1]) | (seg[1:] != seg[:-1])
-    h, seg = h[keep], seg[keep]
+    return h[keep], seg[keep], prefixes, short_lengths
+
+
+def build_index(texts: list[str], seg_item: np.ndarray, n: int, min_words: int,
+                max_matches: int | None, chunk: int = 4096) -> NgramIndex:
+    """Index benchmark segments. `seg_item[s]` is segment s's item number (for max_matches).
+
+    Segments with at least n words contribute their distinct n-grams; segments with
+    min_words..n-1 words contribute one gram, the whole segment; shorter ones nothing.
+    """
+    # In chunks of segments, so the temporaries (a few arrays per benchmark word) stay small.
+    parts_h, parts_s, parts_p = [], [], []
+    short_lengths_set: set[int] = set()
+    for lo in range(0, len(texts), chunk):
+        h, seg, prefixes, short_k = _segment_grams(texts[lo:lo + chunk], n, min_words)
+        parts_h.append(h)
+        parts_s.append(seg + lo)
+        parts_p.append(prefixes)
+        short_lengths_set.update(short_k)
+    h = np.concatenate(parts_h) if parts_h else np.zeros(0, _U64)
+    seg = np.concatenate(parts_s) if parts_s else np.zeros(0, np.int64)
+    short_prefixes = np.unique(np.concatenate(parts_p)) if parts_p else np.zeros(0, _U64)
+    short_lengths = tuple(sorted(short_lengths_set))
+    order = np.lexsort((seg, h))
+    h, seg = h[order], seg[order]
     common_dropped = 0
     if max_matches is not None and len(h):
         item = np.asarray(seg_item, np.int64)[seg]
