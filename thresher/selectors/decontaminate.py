@@ -391,10 +391,7 @@ class Decontaminate(Stage):
             | f"{name}/WriteAudit" >> beam.Map(_write_audit, self.ctx.reports_dir, name, static)
         )
         self.ctx.write_report(summary)
-        kept = (decided | f"{name}/DropAudit" >> beam.Map(_strip_audit, name)) | ApplyDecisions(self)
-        if self.params.action == "drop":
-            return kept
-        return kept
+        return (decided | f"{name}/DropAudit" >> beam.Map(_strip_audit, name)) | ApplyDecisions(self)
 
 
 def _strip_audit(batch: pa.RecordBatch, stage: str) -> pa.RecordBatch:
