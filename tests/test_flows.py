@@ -48,7 +48,7 @@ def test_cli_run_goes_through_the_prefect_flow(tmp_path):
     for line in ("is valid (sha256", "pipeline finished in", "manifest written:", "Finished in state Completed()"):
         assert line in logs, line
     m = load_manifest(str(tmp_path / "out"))
-    assert m["num_rows"] == 300 and m["counts"]["balanced"]
+    assert m["num_rows"] == 310 and m["counts"]["balanced"]
     assert (tmp_path / "prefect_home").exists()  # Prefect state stayed in the temp home
 
 
@@ -107,7 +107,7 @@ def test_served_deployment_runs_on_schedule(tmp_path):
             time.sleep(1)
         assert manifest.exists(), "no scheduled run completed within 5 minutes"
         m = load_manifest(str(tmp_path / "scheduled"))
-        assert m["num_rows"] == 300 and len(m["shards"]) >= 1
+        assert m["num_rows"] == 310 and len(m["shards"]) >= 1
     finally:
         if served is not None:
             _stop(served)

@@ -214,12 +214,22 @@ def _print_summary(out_dir: str, sample_rows: int = 0) -> None:
     console.print(t)
     if m["stages"]:
         st = Table(title="stages", title_justify="left")
-        for c in ("stage", "type", "rows in", "dropped", "report"):
-            st.add_column(c)
+        for c in ("stage", "rows in", "dropped"):
+            st.add_column(c, overflow="fold")
         for name, s in m["stages"].items():
-            dropped = ", ".join(f"{r}: {n:,}" for r, n in s["dropped"].items()) or "0"
-            st.add_row(name, s["type"], f"{s['rows_in']:,}", dropped, _report_line(s.get("report")))
+            label = name if name == s["type"] else f"{name} ({s['type']})"
+            if s["rows_in"] or s["dropped"]:
+                dropped = ", ".join(f"{r}: {n:,}" for r, n in s["dropped"].items()) or "0"
+                st.add_row(label, f"{s['rows_in']:,}", dropped)
+            else:
+                st.add_row(label, "—", "— (adds columns)")
         console.print(st)
+        for name, s in m["stages"].items():
+            lines = _report_lines(s.get("report"))
+            if lines:
+                console.print(f"[bold]{name}[/] report:")
+                for line in lines:
+                    console.print(f"  {line}", soft_wrap=True)
     console.print(f"shards: {len(m['shards'])} file(s), {m['num_rows']:,} rows, {m['num_bytes'] / 1e6:.1f} MB"
                   f" in {os.path.join(out_dir, 'shards')}")
     if m["quarantine"]:
@@ -228,13 +238,13 @@ def _print_summary(out_dir: str, sample_rows: int = 0) -> None:
         _print_quarantine(out_dir, m, limit=5)
     if sample_rows and m["shards"]:
         table = read_shard(shard_paths(out_dir, m)[0]).slice(0, sample_rows)
-        rt = Table(title=f"first {table.num_rows} rows of {m['shards'][0]['path']}", title_justify="left")
-        cols = [c for c in table.column_names if c not in ("source_file",)][:6]
-        for c in cols:
-            rt.add_column(c, overflow="fold", max_width=60 if c == "text" else 24)
-        for r in table.select(cols).to_pylist():
-            rt.add_row(*[_short(r[c]) for c in cols])
-        console.print(rt)
+        console.print(f"[bold]first {table.num_rows} rows of {m['shards'][0]['path']}[/]")
+        for i, r in enumerate(table.to_pylist()):
+            console.print(f"[dim]── row {i}[/]")
+            for k, v in r.items():
+                if k == "source_file" or isinstance(v, (list, dict)) and len(str(v)) > 80:
+                    continue  # long feature columns (embeddings, n-gram buckets) say little here
+                console.print(f"  [cyan]{k}[/]: {_short(f'{v:.4g}' if isinstance(v, float) else v, 160)}", soft_wrap=True)
 
 
 def _print_quarantine(out_dir: str, m: dict[str, Any], limit: int) -> None:
@@ -247,14 +257,27 @@ def _print_quarantine(out_dir: str, m: dict[str, Any], limit: int) -> None:
         console.print(f"  … {q.num_rows - limit} more")
 
 
-def _report_line(report: Any) -> str:
+_REPORT_SKIP = {"settings", "artifacts"}
+
+
+def _report_lines(report: Any, limit: int = 14) -> list[str]:
+    """A stage report's numbers as `dotted.key: value` lines (nested dicts flattened)."""
     if not isinstance(report, dict):
-        return ""
-    parts = []
-    for k, v in report.items():
-        if isinstance(v, (int, float, str, bool)) and k != "artifacts":
-            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return ", ".join(parts[:8])
+        return []
+    out: list[str] = []
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k not in _REPORT_SKIP:
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, (int, float, str, bool)) and not isinstance(node, type(None)):
+            out.append(f"{prefix}: {node:.4g}" if isinstance(node, float) else f"{prefix}: {node}")
+
+    walk("", report)
+    if len(out) > limit:
+        out = out[:limit] + [f"… {len(out) - limit} more in reports/ and manifest.json"]
+    return out
 
 
 def _short(v: Any, n: int = 200) -> str:

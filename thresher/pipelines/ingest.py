@@ -342,6 +342,10 @@ def _finish(
 
 
 def _keep(src: Source, name: str) -> bool:
+    # The field that became the canonical `text` (or `id`) under the same name is not kept
+    # twice; a differently named one (`question`) stays, as do clashes like `source`.
+    if (name == rows.TEXT and src.text_field == rows.TEXT) or (name == rows.ID and src.id_field == rows.ID):
+        return False
     return src.keep_fields == "all" or name in src.keep_fields
 
 
