@@ -68,6 +68,7 @@ def build_manifest(recipe: Recipe, run: RunResult) -> dict[str, Any]:
         "shards": run.shards,
         "schema": schema,
         "quarantine": run.quarantine,
+        "artifacts": _artifacts(run),
         "dropped": run.dropped,
         "counters": run.counters,
     }
@@ -89,10 +90,31 @@ def publish(recipe: Recipe, run: RunResult) -> str:
     manifest = build_manifest(recipe, run)
     for kind, listed in (("shards", run.shards), ("dropped", run.dropped), ("quarantine", run.quarantine)):
         _remove_unlisted(run.out_dir, kind, {s["path"] for s in listed})
+    _remove_stale_indexes(run.out_dir, {a["path"] for a in manifest["artifacts"]})
     path = os.path.join(run.out_dir, MANIFEST)
     write_bytes_atomic(path, json.dumps(manifest, indent=2, sort_keys=False).encode())
     shutil.rmtree(os.path.join(run.out_dir, WORK_DIR), ignore_errors=True)
     return path
+
+
+def _artifacts(run: RunResult) -> list[dict[str, Any]]:
+    out = []
+    for stage, report in sorted(run.reports.items()):
+        for rel in (report or {}).get("artifacts", []) if isinstance(report, dict) else []:
+            path = os.path.join(run.out_dir, rel)
+            if os.path.isfile(path):
+                out.append({"stage": stage, "path": rel, "bytes": os.path.getsize(path)})
+    return out
+
+
+def _remove_stale_indexes(out_dir: str, keep: set[str]) -> None:
+    """Index files an earlier run into this directory left, that this run did not list."""
+    d = os.path.join(out_dir, "indexes")
+    if not os.path.isdir(d):
+        return
+    for f in os.listdir(d):
+        if f"indexes/{f}" not in keep and os.path.isfile(os.path.join(d, f)):
+            os.unlink(os.path.join(d, f))
 
 
 def _remove_unlisted(out_dir: str, kind: str, keep: set[str]) -> None:

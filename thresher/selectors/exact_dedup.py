@@ -69,24 +69,14 @@ def _find_duplicates(element):
     yield k[losers], ids[winner_idx[losers]]
 
 
-class _MergeLosers(beam.CombineFn):
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, acc, item):
-        acc.append(item)
-        return acc
-
-    def merge_accumulators(self, accs):
-        return [x for a in accs for x in a]
-
-    def extract_output(self, acc):
-        if not acc:
-            return np.zeros(0, np.uint64), np.zeros(0, object)
-        keys = np.concatenate([a[0] for a in acc])
-        winners = np.concatenate([a[1] for a in acc])
-        order = np.argsort(keys, kind="stable")
-        return keys[order], winners[order]
+def _merge_losers(acc: list) -> tuple[np.ndarray, np.ndarray]:
+    """Every bucket's (loser keys, winner ids), gathered by ToList -> one sorted lookup."""
+    if not acc:
+        return np.zeros(0, np.uint64), np.zeros(0, object)
+    keys = np.concatenate([a[0] for a in acc])
+    winners = np.concatenate([a[1] for a in acc])
+    order = np.argsort(keys, kind="stable")
+    return keys[order], winners[order]
 
 
 class _DropDuplicates(BatchFn):
@@ -117,7 +107,8 @@ class ExactDedup(Stage):
             | f"{name}/Hash" >> beam.ParDo(_HashToBuckets(self.params))
             | f"{name}/Group" >> beam.GroupByKey()
             | f"{name}/FindDuplicates" >> beam.FlatMap(_find_duplicates)
-            | f"{name}/Merge" >> beam.CombineGlobally(_MergeLosers())
+            | f"{name}/Gather" >> beam.combiners.ToList()
+            | f"{name}/Merge" >> beam.Map(_merge_losers)
         )
         decided = batches | MapBatches(_DropDuplicates(), name, beam.pvalue.AsSingleton(losers))
         kept = decided | ApplyDecisions(self)

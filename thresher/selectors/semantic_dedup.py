@@ -234,29 +234,19 @@ def _dedup_cluster(element, threshold: float, keep_rule: str):
            "dropped": int((~keep).sum())}
 
 
-class _MergeDecisions(beam.CombineFn):
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, acc, item):
-        acc.append(item)
-        return acc
-
-    def merge_accumulators(self, accs):
-        return [x for a in accs for x in a]
-
-    def extract_output(self, acc):
-        if not acc:
-            keys, sim, dup_of = np.zeros(0, np.uint64), np.zeros(0, np.float32), np.zeros(0, object)
-        else:
-            keys = np.concatenate([a["keys"] for a in acc])
-            order = np.argsort(keys, kind="stable")
-            keys = keys[order]
-            sim = np.concatenate([a["sim"] for a in acc])[order]
-            dup_of = np.concatenate([a["dup_of"] for a in acc])[order]
-        sizes = [a["size"] for a in acc]
-        return {"keys": keys, "sim": sim, "dup_of": dup_of, "dropped": sum(a["dropped"] for a in acc),
-                "nonempty_clusters": len(sizes), "largest_cluster": max(sizes, default=0)}
+def _merge_decisions(acc: list[dict]) -> dict:
+    """All clusters' decisions (gathered by beam.combiners.ToList) -> one sorted lookup."""
+    if not acc:
+        keys, sim, dup_of = np.zeros(0, np.uint64), np.zeros(0, np.float32), np.zeros(0, object)
+    else:
+        keys = np.concatenate([a["keys"] for a in acc])
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        sim = np.concatenate([a["sim"] for a in acc])[order]
+        dup_of = np.concatenate([a["dup_of"] for a in acc])[order]
+    sizes = [a["size"] for a in acc]
+    return {"keys": keys, "sim": sim, "dup_of": dup_of, "dropped": sum(a["dropped"] for a in acc),
+            "nonempty_clusters": len(sizes), "largest_cluster": max(sizes, default=0)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,7 +315,8 @@ class SemanticDedup(Stage):
             | f"{name}/Assign" >> beam.ParDo(_Assign(p.column, name), beam.pvalue.AsSingleton(kmeans))
             | f"{name}/GroupByCluster" >> beam.GroupByKey()
             | f"{name}/DedupClusters" >> beam.FlatMap(_dedup_cluster, 1.0 - p.eps, p.keep)
-            | f"{name}/Merge" >> beam.CombineGlobally(_MergeDecisions())
+            | f"{name}/Gather" >> beam.combiners.ToList()
+            | f"{name}/Merge" >> beam.Map(_merge_decisions)
         )
         report = decisions | f"{name}/Report" >> beam.Map(
             _report, beam.pvalue.AsSingleton(kmeans), p, seed)
