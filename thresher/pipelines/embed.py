@@ -325,6 +325,11 @@ class Embed(Stage):
                 resolve_device("cuda")
             except RuntimeError as exc:
                 problems.append(f"params.device: {exc}")
+        if params.index != "none":
+            from thresher.pipelines.faiss_index import faiss_problem
+
+            if faiss_problem():
+                problems.append(f"params.index: {faiss_problem()}")
         return problems
 
     def expand(self, batches):

@@ -38,9 +38,33 @@ IDS_SUFFIX = ".ids.arrow"
 _MIN_POINTS_PER_LIST = 39
 
 
+FAISS_MISSING = ("faiss is not installed: `pip install 'thresher[cpu]'` (faiss-cpu) or "
+                 "`pip install 'thresher[gpu]'` (faiss-gpu, in an environment without faiss-cpu)")
+
+
+def faiss_module():
+    """The `faiss` module, or an ImportError that says how to install it.
+
+    faiss is an extra (cpu or gpu build), not a base dependency: both builds provide the same
+    module and must never be installed together.
+    """
+    try:
+        import faiss  # noqa: F401 (the one real import)
+    except ImportError:
+        raise ImportError(FAISS_MISSING) from None
+    return faiss
+
+
+def faiss_problem() -> str | None:
+    """For stages' `check()`: None when faiss imports, else how to install it."""
+    import importlib.util
+
+    return None if importlib.util.find_spec("faiss") else FAISS_MISSING
+
+
 def gpu_available() -> bool:
     """True when this faiss build has GPU support and sees at least one GPU."""
-    import faiss
+    faiss = faiss_module()
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -83,7 +107,7 @@ def build_index(
     GPU; `save_index` copies it back to the CPU. IVF training is seeded (`seed`), so the same
     vectors in the same order give the same index.
     """
-    import faiss
+    faiss = faiss_module()
 
     x = as_matrix(vectors)
     n, d = x.shape
@@ -127,7 +151,7 @@ def _default_pq_m(d: int) -> int:
 
 
 def _to_gpu(index):
-    import faiss
+    faiss = faiss_module()
 
     # faiss's Python wrapper keeps `res` referenced from the GPU index it returns.
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
@@ -138,7 +162,7 @@ def is_gpu_index(index) -> bool:
 
 
 def to_cpu(index):
-    import faiss
+    faiss = faiss_module()
 
     return faiss.index_gpu_to_cpu(index) if is_gpu_index(index) else index
 
@@ -153,7 +177,7 @@ def save_index(index, ids: Any, path: str) -> list[str]:
 
     Returns the two paths written. `ids[i]` names the row of index entry i.
     """
-    import faiss
+    faiss = faiss_module()
 
     ids_list = [str(i) for i in (ids.tolist() if isinstance(ids, np.ndarray) else list(ids))]
     if len(ids_list) != index.ntotal:
@@ -173,7 +197,7 @@ def save_index(index, ids: Any, path: str) -> list[str]:
 
 def load_index(path: str, use_gpu: bool | None = False):
     """Read an index saved by `save_index`: `(index, ids)` with ids a numpy array of str."""
-    import faiss
+    faiss = faiss_module()
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no faiss index at {path}")
@@ -204,7 +228,7 @@ def search(index, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def describe(index) -> dict[str, Any]:
     """Facts about an index for reports."""
-    import faiss
+    faiss = faiss_module()
 
     cpu = to_cpu(index)
     out: dict[str, Any] = {"ntotal": int(cpu.ntotal), "dim": int(cpu.d), "gpu": is_gpu_index(index)}

@@ -124,7 +124,9 @@ class _Sample(beam.CombineFn):
 
 
 def _train_kmeans(sample: dict[str, Any], params: SemanticDedupParams, seed: int) -> dict[str, Any]:
-    import faiss
+    from thresher.pipelines.faiss_index import faiss_module
+
+    faiss = faiss_module()
 
     from thresher.pipelines.faiss_index import gpu_available
 
@@ -289,7 +291,11 @@ class SemanticDedup(Stage):
     @classmethod
     def check(cls, params: SemanticDedupParams, recipe: Any) -> list[str]:
         """The embedding column must come from an `embed` stage placed before this one."""
+        from thresher.pipelines.faiss_index import faiss_problem
         from thresher.pipelines.registry import build_params
+
+        if faiss_problem():
+            return [f"semantic_dedup: {faiss_problem()}"]
 
         columns: list[str] = []
         for spec in recipe.stages:
