@@ -7,12 +7,15 @@ THRESHER_SHARED_DATA to point elsewhere.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_DATA = ROOT / "thresher" / "data" / "demo"
 SHARED_DATA = Path(os.environ.get("THRESHER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -49,3 +52,17 @@ def run_recipe(recipe: dict, base_dir: Path):
     result = run_pipeline(r)
     publish(r, result)
     return result
+
+
+def demo_pool_rows(n: int | None = None, offset: int = 0) -> list[dict]:
+    """Valid rows of the bundled demo pool (its broken lines and `:copy` duplicates skipped)."""
+    out = []
+    with gzip.open(DEMO_DATA / "pool_sample.jsonl.gz", "rb") as fh:
+        for line in fh:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if "text" in r and not r["id"].endswith(":copy"):
+                out.append(r)
+    return out[offset: None if n is None else offset + n]

@@ -14,21 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from tests.conftest import demo_pool_rows
 from thresher.load import load_manifest
 
-DEMO = Path(__file__).resolve().parents[1] / "thresher" / "data" / "demo"
-
-
 def _make_corpus(tmp: Path, files: int = 8, copies: int = 5) -> None:
-    base = []
-    with gzip.open(DEMO / "pool_sample.jsonl.gz", "rb") as fh:
-        for line in fh:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if "text" in r:
-                base.append(r)
+    base = demo_pool_rows()
     for f in range(files):
         with gzip.open(tmp / f"part{f}.jsonl.gz", "wt") as out:
             for c in range(copies):

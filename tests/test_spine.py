@@ -17,23 +17,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.conftest import demo_pool_rows
 from thresher.cli import app
 from thresher.load import load_hf, load_manifest, open_dataset, read_shard, shard_paths
 
-DEMO = Path(__file__).resolve().parents[1] / "thresher" / "data" / "demo"
-
-
 def _pool_rows(n: int, offset: int = 0) -> list[dict]:
-    out = []
-    with gzip.open(DEMO / "pool_sample.jsonl.gz", "rb") as fh:
-        for line in fh:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if "text" in r and not r["id"].endswith(":copy"):
-                out.append(r)
-    return out[offset: offset + n]
+    return demo_pool_rows(n, offset)
 
 
 def _write_recipe(tmp: Path, recipe: dict) -> Path:

@@ -48,10 +48,7 @@ def publish_manifest(recipe: Recipe, run) -> str:
 def curate(recipe_path: str, out: str | None = None, runner: str | None = None,
            overrides: dict[str, Any] | None = None) -> str:
     """Curate a corpus as the recipe says; returns the manifest path."""
-    overrides = dict(overrides or {})
-    if out:
-        overrides["output.dir"] = os.path.abspath(out)
-    recipe = validate(recipe_path, overrides)
+    recipe = validate(recipe_path, _with_out(overrides, out))
     run = run_beam(recipe, runner)
     return publish_manifest(recipe, run)
 
@@ -62,11 +59,15 @@ def run_without_prefect(recipe_path: str, out: str | None = None, runner: str | 
     from thresher.flows.publish import publish
     from thresher.pipelines.build import run_pipeline
 
-    overrides = dict(overrides or {})
-    if out:
-        overrides["output.dir"] = os.path.abspath(out)
-    recipe = load_recipe(recipe_path, overrides)
+    recipe = load_recipe(recipe_path, _with_out(overrides, out))
     return publish(recipe, run_pipeline(recipe, runner=runner))
+
+
+def _with_out(overrides: dict[str, Any] | None, out: str | None) -> dict[str, Any]:
+    merged = dict(overrides or {})
+    if out:
+        merged["output.dir"] = os.path.abspath(out)
+    return merged
 
 
 def serve(recipe_path: str, cron: str | None = None, interval: float | None = None,
