@@ -141,6 +141,14 @@ class StageSpec(_Model):
     )
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str | None) -> str | None:
+        # Names key counters (`<stage>/dropped/<reason>/<source>`) and report file names.
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
+            raise ValueError("use letters, digits, '_', '-' or '.' only")
+        return v
+
 
 class Output(_Model):
     """Where and how the training-ready shards are written."""
