@@ -166,3 +166,36 @@ def test_truncated_gzip_is_quarantined_not_fatal(tmp_path):
     q = read_shard(str(Path(res.out_dir) / res.quarantine[0]["path"])).to_pylist()
     assert q[-1]["reason"].startswith("file unreadable") and q[-1]["source_row"] == -1
     assert 0 < res.counters["written/c"] < 2000
+
+
+def test_block_json_parser_and_per_line_path_give_identical_shards(tmp_path, monkeypatch):
+    from tests.conftest import demo_pool_rows
+    from thresher.load import shard_paths
+    from thresher.pipelines import ingest
+
+    rows = [dict(r, n=i if i % 3 else i + 0.5, meta={"k": [i, i + 1], "tag": r["source"]},
+                 day=f"2021-03-{1 + i % 28:02d}") for i, r in enumerate(demo_pool_rows(600))]
+    lines = [json.dumps(r, ensure_ascii=bool(i % 2)) for i, r in enumerate(rows)]
+    (tmp_path / "clean.jsonl").write_text("\n".join(lines[:300]) + "\n")   # `day` looks like dates
+    (tmp_path / "gaps.jsonl").write_text("\n".join(lines[300:400]) + "\n\n  \n" + "\n".join(lines[400:]) + "\n")
+    (tmp_path / "plain.jsonl").write_text("\n".join(json.dumps({k: r[k] for k in ("id", "text", "n", "meta")})
+                                                    for r in rows[:200]) + "\n")
+    recipe = {"sources": [{"name": "s", "paths": ["clean.jsonl", "gaps.jsonl", "plain.jsonl"], "id_field": "id"}],
+              "output": {"dir": "fast"}}
+    parsed = []
+    real_parse = ingest._parse_json_block
+    monkeypatch.setattr(ingest, "_parse_json_block",
+                        lambda *a: parsed.append(real_parse(*a)) or parsed[-1])
+    fast = run_recipe(recipe, tmp_path)
+    # plain.jsonl went through the block parser; the date-like string and the blank lines did not.
+    assert sorted(t is not None for t in parsed) == [False, False, True]
+    monkeypatch.setattr(ingest, "FAST_JSON", False)
+    recipe["output"]["dir"] = "slow"
+    slow = run_recipe(recipe, tmp_path)
+    assert [s["sha256"] for s in fast.shards] == [s["sha256"] for s in slow.shards]
+    out = _all_rows(Path(fast.out_dir))
+    gaps = [r for r in out if r["source_file"].endswith("gaps.jsonl")]
+    assert [r["source_row"] for r in gaps] == list(range(1, 101)) + list(range(103, 303))  # blank lines counted
+    assert {r["day"] for r in out if r["day"] is not None} == {f"2021-03-{d:02d}" for d in range(1, 29)}  # strings stay strings
+    plain = [r for r in out if r["source_file"].endswith("plain.jsonl")]
+    assert len(plain) == 200 and plain[0]["meta"]["k"] == [0, 1]

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -431,21 +431,125 @@ def _text_of(src: Source, obj: dict, fields: list[str]) -> tuple[str | None, str
         return None, f"text_template failed: {exc}", None
 
 
-def _iter_jsonl(path: str) -> Iterator[tuple[int, bytes, Any, str | None]]:
-    with _open_binary(path) as fh:
-        for line_no, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            raw = raw.rstrip(b"\r\n")  # the record, without its line terminator
+_JSON_BLOCK = 8 << 20  # decompressed bytes of JSONL parsed at a time
+
+
+def _read_jsonl(task: ReadTask, batch_rows: int):
+    """JSONL in blocks of whole lines. A block that pyarrow's (C++, multi-threaded) JSON reader
+    parses cleanly becomes Arrow directly; any block it cannot take exactly — a malformed
+    line, invalid UTF-8, mixed types, blank lines (line numbers would shift), values it would
+    reinterpret (timestamps) — goes through the per-line path, which pins each bad record to
+    its line. Both paths give the same rows (tests/test_ingest_formats.py)."""
+    first_line = 1
+    pending = b""
+    with _open_binary(task.path) as fh:
+        for block, error in _read_blocks(fh):
+            data = pending + block
+            last = error is not None or not block
+            if last:
+                # End of file, or the file broke: keep every complete line read so far.
+                cut = len(data) if error is None else data.rfind(b"\n") + 1
+                chunk, pending = data[:cut], b""
+                if chunk and not chunk.endswith(b"\n"):
+                    chunk += b"\n"
+            else:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # one line longer than a block: read on
+                    pending = data
+                    continue
+                chunk, pending = data[:cut], data[cut:]
+            if chunk:
+                n_lines = chunk.count(b"\n")
+                table = _parse_json_block(task.source, chunk, n_lines) if FAST_JSON else None
+                if table is None:
+                    yield from _dict_records_to_batches(task, _iter_lines(chunk, first_line), batch_rows)
+                else:
+                    lines: list[bytes] = []
+
+                    def raw_by_row(row_no: int, chunk=chunk, first=first_line, lines=lines) -> bytes:
+                        if not lines:
+                            lines.extend(chunk.split(b"\n"))
+                        return lines[row_no - first]
+
+                    yield from _table_to_batches(task, table, first_line, batch_rows, raw_by_row=raw_by_row)
+                first_line += n_lines
+            if error is not None:
+                raise error
+            if last:
+                break
+
+
+def _read_blocks(fh, piece: int = 64 << 10):
+    """(block, error) pairs of about _JSON_BLOCK bytes, read in small pieces so that a file
+    that breaks (truncated gzip) loses at most the last piece; the final pair has an empty
+    block (end of file) or the error."""
+    buf: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            data = fh.read(piece)
+        except (OSError, EOFError) as exc:
+            yield b"".join(buf), exc
+            return
+        if not data:
+            if buf:
+                yield b"".join(buf), None
+            yield b"", None
+            return
+        buf.append(data)
+        size += len(data)
+        if size >= _JSON_BLOCK:
+            yield b"".join(buf), None
+            buf, size = [], 0
+
+
+FAST_JSON = True  # tests switch it off to compare the two paths
+
+
+def _parse_json_block(src: Source, chunk: bytes, n_lines: int) -> pa.Table | None:
+    import pyarrow.json as pajson
+
+    try:
+        table = pajson.read_json(io.BytesIO(chunk), read_options=pajson.ReadOptions(block_size=1 << 20))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    # A blank line makes the row count differ from the line count (line numbers would
+    # shift), so it sends the block down the per-line path too.
+    if table.num_rows != n_lines or any(_has_timestamp(f.type) for f in table.schema):
+        return None
+    if src.text_template is None:
+        f = src.text_field
+        if f not in table.column_names or not pa.types.is_string(table.schema.field(f).type) \
+                or table.column(f).null_count:
+            return None  # missing or non-string text in some row: the per-line path says which
+    return table
+
+
+def _has_timestamp(t: pa.DataType) -> bool:
+    """pyarrow's JSON reader turns date-like strings into timestamps; orjson keeps strings."""
+    if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_has_timestamp(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_timestamp(t.value_type)
+    return False
+
+
+def _iter_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes, Any, str | None]]:
+    for line_no, raw in enumerate(chunk.split(b"\n")[:-1], first_line):
+        if not raw.strip():
+            continue
+        raw = raw.rstrip(b"\r")  # the record, without its line terminator
+        try:
+            yield line_no, raw, orjson.loads(raw), None
+        except orjson.JSONDecodeError as exc:
             try:
-                yield line_no, raw, orjson.loads(raw), None
-            except orjson.JSONDecodeError as exc:
-                try:
-                    raw.decode("utf-8")
-                    reason = f"invalid JSON: {exc}"
-                except UnicodeDecodeError as uexc:
-                    reason = f"invalid UTF-8 at byte {uexc.start}"
-                yield line_no, raw, None, reason
+                raw.decode("utf-8")
+                reason = f"invalid JSON: {exc}"
+            except UnicodeDecodeError as uexc:
+                reason = f"invalid UTF-8 at byte {uexc.start}"
+            yield line_no, raw, None, reason
 
 
 def _iter_hub(src: Source) -> Iterator[tuple[int, bytes, Any, str | None]]:
@@ -457,9 +561,16 @@ def _iter_hub(src: Source) -> Iterator[tuple[int, bytes, Any, str | None]]:
 
 
 def _table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_rows: int,
-                      row_numbers: np.ndarray | None = None):
-    """Columnar input (Parquet, Arrow, CSV, datasets) -> canonical + quarantine batches."""
+                      row_numbers: np.ndarray | None = None,
+                      raw_by_row: Callable[[int], bytes] | None = None):
+    """Columnar input (Parquet, Arrow, CSV, datasets, parsed JSONL blocks) -> canonical +
+    quarantine batches. `raw_by_row(row_number)` gives a bad row's original bytes when the
+    caller has them (JSONL); otherwise the row is kept as JSON."""
     src = task.source
+
+    def raw(part: pa.Table, i: int, row_no: int) -> bytes:
+        return raw_by_row(int(row_no)) if raw_by_row is not None else _row_json(part, i)
+
     for off in range(0, table.num_rows, batch_rows):
         part = table.slice(off, batch_rows)
         if row_numbers is not None:
@@ -475,7 +586,7 @@ def _table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_row
                 q = _quarantine_batch(
                     src.name, task.path, row_nos[bad].tolist(),
                     [f"missing text field {src.text_field!r}"] * len(bad), [src.text_field] * len(bad),
-                    [_row_json(part, int(i)) for i in bad],
+                    [raw(part, int(i), row_nos[i]) for i in bad],
                 )
                 keep = pc.invert(nulls)
                 part = part.filter(keep)
@@ -495,7 +606,7 @@ def _table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_row
                     reasons.append(reason)
             if bad:
                 q = _quarantine_batch(src.name, task.path, row_nos[bad].tolist(), reasons,
-                                      ["text_template"] * len(bad), [_row_json(part, i) for i in bad])
+                                      ["text_template"] * len(bad), [raw(part, i, row_nos[i]) for i in bad])
                 mask = np.ones(part.num_rows, bool)
                 mask[bad] = False
                 part = part.filter(pa.array(mask))
@@ -504,8 +615,8 @@ def _table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_row
         ids = part.column(src.id_field).combine_chunks() if src.id_field and src.id_field in part.column_names else None
         extras = part.select([c for c in part.column_names if _keep(src, c)])
 
-        def raw_of(i: int, part=part) -> bytes:
-            return _row_json(part, i)
+        def raw_of(i: int, part=part, row_nos=row_nos) -> bytes:
+            return raw(part, i, row_nos[i])
 
         b, q2 = _finish(task, text, ids, row_nos, extras, raw_of)
         if q2 is not None:
@@ -592,7 +703,7 @@ def read_task(task: ReadTask, batch_rows: int) -> Iterator[tuple[pa.RecordBatch 
     """All batches of one read task (runs on a worker)."""
     fmt = task.format
     if fmt == "jsonl":
-        yield from _dict_records_to_batches(task, _iter_jsonl(task.path), batch_rows)
+        yield from _read_jsonl(task, batch_rows)
     elif fmt == "hf_hub":
         yield from _dict_records_to_batches(task, _iter_hub(task.source), batch_rows)
     elif fmt == "parquet":
