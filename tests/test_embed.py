@@ -131,3 +131,27 @@ def test_uncached_hub_name_offline_is_an_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(embed.ModelNotFound, match="no-such-org/no-such-model"):
         embed.resolve_model_path("no-such-org/no-such-model")
+
+
+def test_device_choice_on_a_machine_without_cuda(monkeypatch, tmp_path):
+    """The GPU path's decisions, exercised where CI runs (no GPU): auto falls back to CPU,
+    an explicit cuda request is a recipe error before any work, and the stage's counters
+    say which device embedded the rows."""
+    import torch
+
+    from thresher.pipelines.embed import resolve_device
+    from thresher.schemas.recipe import RecipeError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(RuntimeError, match="torch.cuda.is_available"):
+        resolve_device("cuda")
+    (tmp_path / "a.jsonl").write_text('{"text": "one short sentence"}\n{"text": "another one"}\n')
+    recipe = {"sources": [{"name": "a", "paths": ["a.jsonl"]}], "output": {"dir": "out"},
+              "stages": [{"type": "embed", "params": {"device": "cuda"}}]}
+    with pytest.raises(RecipeError, match="stages.0.params.device"):
+        run_recipe(recipe, tmp_path)
+    assert not (tmp_path / "out").exists()
+    recipe["stages"][0]["params"]["device"] = "auto"
+    res = run_recipe(recipe, tmp_path)
+    assert res.counters["embed/device/cpu"] == 2 and "embed/device/cuda" not in res.counters
