@@ -54,7 +54,7 @@ def make_pool(path: Path, repeat: int) -> int:
 
 
 def _recipe(pool: Path, benchmarks: list[dict] | None, out: Path):
-    from thresher.schemas.recipe import validate_recipe
+    from thresher.recipe.load import validate_recipe
 
     stages = [] if benchmarks is None else [{"type": "decontaminate", "params": {"benchmarks": benchmarks}}]
     return validate_recipe({"sources": [{"name": "pool", "paths": [str(pool)], "id_field": "id"}],
@@ -62,8 +62,8 @@ def _recipe(pool: Path, benchmarks: list[dict] | None, out: Path):
 
 
 def _build_fn(recipe, out: Path):
-    from thresher.pipelines.stage import StageContext
-    from thresher.selectors.decontaminate import Decontaminate, DecontaminateParams
+    from thresher.core.stage import StageContext
+    from thresher.stages.decontam.decontaminate import Decontaminate, DecontaminateParams
 
     params = DecontaminateParams.model_validate(recipe.stages[0].params)
     ctx = StageContext(name="decontaminate", type="decontaminate", seed=0, out_dir=str(out),
@@ -86,7 +86,7 @@ def mode_index(args) -> None:
 
 
 def mode_stage(args) -> None:
-    from thresher.pipelines.ingest import plan_reads, read_task
+    from thresher.io.ingest import plan_reads, read_task
 
     out = Path(args.work) / "stage"
     recipe = _recipe(Path(args.pool), BENCHMARKS, out)
@@ -118,7 +118,7 @@ def mode_stage(args) -> None:
 
 
 def mode_pipeline(args) -> None:
-    from thresher.pipelines.build import run_pipeline
+    from thresher.engine.build import run_pipeline
 
     out = Path(args.work) / ("pipe_decon" if args.decon else "pipe_base")
     recipe = _recipe(Path(args.pool), BENCHMARKS if args.decon else None, out)

@@ -91,8 +91,8 @@ def run_official(work: Path, k: int, min_tokens: int) -> dict:
 def run_thresher(work: Path, k: int, min_tokens: int, workers: int, seed: int) -> dict:
     import pyarrow as pa
 
-    from thresher.pipelines.build import run_pipeline
-    from thresher.schemas.recipe import validate_recipe
+    from thresher.engine.build import run_pipeline
+    from thresher.recipe.load import validate_recipe
 
     opts = {"direct_num_workers": workers}
     if workers > 1:
@@ -121,8 +121,8 @@ def kl_reductions(work: Path, selections: dict[str, list[str]]) -> dict[str, dic
     import numpy as np
     from data_selection.hashed_ngram_dsir import get_ngram_counts, wpt
 
-    from thresher.pipelines import ngram_features as nf
-    from thresher.selectors.importance_resample import kl_divergence
+    from thresher.stages.features import ngram_features as nf
+    from thresher.stages.selection.importance_resample import kl_divergence
 
     texts, by_id = [], {}
     for f in sorted(glob.glob(str(work / "pool-*.jsonl"))):

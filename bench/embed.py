@@ -48,8 +48,8 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def run_stage(path: Path, out: Path, device: str, batch_size: int) -> tuple[float, dict]:
-    from thresher.pipelines.build import run_pipeline
-    from thresher.schemas.recipe import validate_recipe
+    from thresher.engine.build import run_pipeline
+    from thresher.recipe.load import validate_recipe
 
     recipe = validate_recipe({
         "sources": [{"name": "bench", "paths": [str(path)], "id_field": "id"}],
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
 
-    from thresher.pipelines.embed import encode_texts, load_model
+    from thresher.stages.features.embed import encode_texts, load_model
 
     records = pick_texts(args.texts)
     texts = [r["text"] for r in records]

@@ -45,8 +45,8 @@ def main() -> int:
     import faiss
 
     from embed import pick_texts, run_stage, write_jsonl
-    from thresher.pipelines import faiss_index
-    from thresher.pipelines.embed import encode_texts, load_model
+    from thresher.models import faiss_index
+    from thresher.stages.features.embed import encode_texts, load_model
 
     print(f"GPU: {torch.cuda.get_device_name(0)}; faiss {faiss.__version__}, GPUs seen by faiss: "
           f"{faiss.get_num_gpus()}")
@@ -69,8 +69,8 @@ def main() -> int:
     torch.cuda.synchronize()
     plain_s = time.perf_counter() - t0
 
-    from thresher.pipelines.build import run_pipeline
-    from thresher.schemas.recipe import validate_recipe
+    from thresher.engine.build import run_pipeline
+    from thresher.recipe.load import validate_recipe
 
     recipe = validate_recipe({
         "sources": [{"name": "bench", "paths": [str(data)], "id_field": "id"}],

@@ -103,8 +103,8 @@ def run_baseline(paths: list[Path], out: Path) -> int:
 
 def run_thresher(paths: list[Path], out: Path, workers: int) -> int:
     from thresher.flows.publish import publish
-    from thresher.pipelines.build import run_pipeline
-    from thresher.schemas.recipe import validate_recipe
+    from thresher.engine.build import run_pipeline
+    from thresher.recipe.load import validate_recipe
 
     recipe = validate_recipe({
         "name": "bench-ingest",

@@ -38,7 +38,7 @@ def main() -> None:
 
     from data_selection.hashed_ngram_dsir import get_ngram_counts, wpt
 
-    from thresher.pipelines.ngram_features import add_feature_columns
+    from thresher.stages.features.ngram_features import add_feature_columns
 
     with gzip.open(POOL, "rt") as fh:
         base = [json.loads(line)["text"] for line in fh]

@@ -12,10 +12,10 @@ import os
 import tempfile
 import time
 
-from thresher.selectors import local_server
-from thresher.selectors.arith import generate
-from thresher.selectors.policy import CachedPolicy, OpenAIPolicy, PolicyParams, Request, SamplingParams
-from thresher.selectors.rollout_store import RolloutStore
+from thresher.testing import llama_server as local_server
+from thresher.testing.arith import generate
+from thresher.models.policy import CachedPolicy, OpenAIPolicy, PolicyParams, Request, SamplingParams
+from thresher.models.rollout_store import RolloutStore
 
 
 def main() -> None:

@@ -44,13 +44,14 @@ def run_recipe(recipe: dict, base_dir: Path):
     """Validate a recipe mapping, run its Beam pipeline and publish the manifest (no Prefect).
 
     Returns the RunResult (counters, shards, reports, out_dir)."""
+    from thresher.engine.build import run_pipeline
+    from thresher.engine.plan import make_plan
     from thresher.flows.publish import publish
-    from thresher.pipelines.build import run_pipeline
-    from thresher.schemas.recipe import validate_recipe
+    from thresher.recipe.load import validate_recipe
 
-    r = validate_recipe(recipe, base_dir=str(base_dir))
-    result = run_pipeline(r)
-    publish(r, result)
+    plan = make_plan(validate_recipe(recipe, base_dir=str(base_dir)))
+    result = run_pipeline(plan)
+    publish(plan, result)
     return result
 
 

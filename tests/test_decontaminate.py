@@ -20,8 +20,8 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import run_recipe
-from thresher.schemas.recipe import RecipeError
-from thresher.selectors.decontam.ngrams import normalise_one
+from thresher.recipe.schema import RecipeError
+from thresher.stages.decontam.ngram_index import normalise_one
 
 N_PER_BENCH = 30
 N_CLEAN = 8000

@@ -11,8 +11,9 @@ import pytest
 
 from tests._general_pool import short_rows, write_jsonl
 from tests.conftest import run_recipe
-from thresher.pipelines import embed, faiss_index
-from thresher.schemas.recipe import RecipeError
+from thresher.stages.features import embed
+from thresher.models import faiss_index
+from thresher.recipe.schema import RecipeError
 
 # Handwritten paraphrases of real general_pool rows: (source id, paraphrase).
 PARAPHRASES = [
@@ -139,8 +140,8 @@ def test_device_choice_on_a_machine_without_cuda(monkeypatch, tmp_path):
     say which device embedded the rows."""
     import torch
 
-    from thresher.pipelines.embed import resolve_device
-    from thresher.schemas.recipe import RecipeError
+    from thresher.stages.features.embed import resolve_device
+    from thresher.recipe.schema import RecipeError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu"

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import run_recipe
-from thresher.pipelines import ngram_features as nf
-from thresher.selectors import importance_resample as ir
+from thresher.stages.features import ngram_features as nf
+from thresher.stages.selection import importance_resample as ir
 
 TARGET = "target_domain/math_word_problems.jsonl.gz"
 
@@ -164,8 +164,8 @@ def test_top_candidates_merge_is_order_free():
 
 
 def test_missing_target_is_reported_before_running(small, tmp_path):
-    from thresher.pipelines.registry import build_params
-    from thresher.schemas.recipe import validate_recipe
+    from thresher.core.registry import build_params
+    from thresher.recipe.load import validate_recipe
 
     recipe = validate_recipe(_recipe(small, tmp_path / "o", {"k": 5}) | {}, base_dir=str(tmp_path))
     recipe.stages[0].params["target"][0]["paths"] = [str(tmp_path / "nope.jsonl")]

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from tests.conftest import run_recipe
 from thresher.cli import app
 from thresher.load import load_manifest, read_shard
-from thresher.schemas.recipe import RecipeError, validate_recipe
+from thresher.core.errors import RecipeError
+from thresher.recipe.load import validate_recipe
 
 DEMO = Path(__file__).resolve().parents[1] / "thresher" / "data" / "demo"
 
@@ -171,7 +172,7 @@ def test_truncated_gzip_is_quarantined_not_fatal(tmp_path):
 def test_block_json_parser_and_per_line_path_give_identical_shards(tmp_path, monkeypatch):
     from tests.conftest import demo_pool_rows
     from thresher.load import shard_paths
-    from thresher.pipelines import ingest
+    from thresher.io import ingest
 
     rows = [dict(r, n=i if i % 3 else i + 0.5, meta={"k": [i, i + 1], "tag": r["source"]},
                  day=f"2021-03-{1 + i % 28:02d}") for i, r in enumerate(demo_pool_rows(600))]

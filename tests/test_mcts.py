@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import run_recipe
-from thresher.selectors.mcts_difficulty import MctsParams, Search, new_tree
-from thresher.selectors.policy import CachedPolicy, SamplingParams, ScriptedPolicy, bernoulli_script
-from thresher.selectors.rewards import make_reward
+from thresher.stages.selection.mcts_difficulty import MctsParams, Search, new_tree
+from thresher.models.policy import CachedPolicy, SamplingParams, ScriptedPolicy, bernoulli_script
+from thresher.models.rewards import make_reward
 
 PS = [1.0, 0.5, 0.2, 0.05, 0.0]
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from thresher.selectors import local_server
+from thresher.testing import llama_server as local_server
 
 pytestmark = pytest.mark.model
 
@@ -36,7 +36,7 @@ def llama(tmp_path_factory):
 
 
 def _problems(path, levels, per_level, seed):
-    from thresher.selectors.arith import generate
+    from thresher.testing.arith import generate
 
     probs = [p for p in generate(per_level, seed=seed, levels=levels)]
     with open(path, "w") as fh:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import run_recipe
-from thresher.pipelines import ngram_features as nf
+from thresher.stages.features import ngram_features as nf
 
 MASK = (1 << 64) - 1
 TRICKY = ["", "   \n\t", "ΑΣ ΟΔΟΣ Σ", "İstanbul naïve CAFÉ", "a_b c-d 3.14 ¼ x² ٣", "emoji 😀😀 ok!!",

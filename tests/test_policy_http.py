@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import run_recipe
-from thresher.selectors.policy import (
+from thresher.models.policy import (
     CONNECTION, HTTP_4XX, HTTP_5XX, HTTP_429, MALFORMED, TIMEOUT, OpenAIPolicy, PolicyParams, Request,
     SamplingParams, request_seed,
 )

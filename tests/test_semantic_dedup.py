@@ -10,9 +10,9 @@ import pytest
 
 from tests._general_pool import short_rows, write_jsonl
 from tests.conftest import run_recipe
-from thresher.pipelines import embed
-from thresher.schemas.recipe import RecipeError
-from thresher.selectors.semantic_dedup import _dedup_cluster, greedy_dedup
+from thresher.stages.features import embed
+from thresher.recipe.schema import RecipeError
+from thresher.stages.dedup.semantic_dedup import _dedup_cluster, greedy_dedup
 
 
 def _unit(x):

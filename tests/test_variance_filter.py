@@ -18,9 +18,9 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import ROOT, run_recipe
-from thresher.selectors.policy import Request, bernoulli_script
-from thresher.selectors.rewards import AnswerReward, extract_answer, make_reward
-from thresher.selectors.rollout_store import RolloutStore
+from thresher.models.policy import Request, bernoulli_script
+from thresher.models.rewards import AnswerReward, extract_answer, make_reward
+from thresher.models.rollout_store import RolloutStore
 
 GSM_SAMPLERS = ["6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification"]
 

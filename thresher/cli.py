@@ -52,7 +52,7 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
 
 
 def _fail_recipe(exc: Exception) -> None:
-    from thresher.schemas.recipe import RecipeError
+    from thresher.core.errors import RecipeError
 
     if isinstance(exc, RecipeError):
         err_console.print(f"[bold red]invalid recipe[/] ({exc.origin}):")
@@ -64,27 +64,24 @@ def _fail_recipe(exc: Exception) -> None:
 
 
 def _run(recipe_path: str, out: str | None, runner: str | None, sets: dict[str, Any], use_prefect: bool) -> str:
-    from thresher.pipelines.build import BadInputError
-    from thresher.schemas.recipe import RecipeError, load_recipe
+    from thresher.core.errors import RecipeError
+    from thresher.engine.build import BadInputError
+    from thresher.flows.curate import plan_recipe, run_plan
 
     try:
-        load_recipe(recipe_path, sets)  # fail fast with exit 2, before Prefect starts
+        plan = plan_recipe(recipe_path, out, runner, sets)  # exit 2 now, before Prefect starts
     except RecipeError as exc:
         _fail_recipe(exc)
     try:
         if use_prefect:
             from thresher.flows.curate import curate
 
-            return curate(recipe_path=os.path.abspath(recipe_path), out=out, runner=runner, overrides=sets)
-        from thresher.flows.curate import run_without_prefect
-
-        return run_without_prefect(recipe_path, out=out, runner=runner, overrides=sets)
-    except RecipeError as exc:
-        _fail_recipe(exc)
+            return curate(recipe_path=os.path.abspath(recipe_path), out=out, runner=runner, overrides=sets,
+                          plan=plan)
+        return run_plan(plan)
     except BadInputError as exc:
         err_console.print(f"[bold red]run failed:[/] {exc}")
         raise typer.Exit(1)
-    raise AssertionError("unreachable")
 
 
 @app.command()
@@ -106,20 +103,22 @@ def run(
 def validate(recipe: str = typer.Argument(..., help="Recipe YAML file."),
              check_inputs: bool = typer.Option(True, "--inputs/--no-inputs", help="Also check input files exist and parse.")) -> None:
     """Validate a recipe (and its inputs) without running anything. Exit 2 when invalid."""
-    from thresher.schemas.recipe import RecipeError, load_recipe
+    from thresher.core.errors import RecipeError
+    from thresher.flows.curate import plan_recipe
+    from thresher.recipe.load import load_recipe
 
     _setup_logging(False)
     try:
-        r = load_recipe(recipe)
         if check_inputs:
-            from thresher.pipelines.ingest import plan_reads
-
-            tasks, inputs = plan_reads(r, with_hashes=False)
+            plan = plan_recipe(recipe, with_hashes=False)
+            r = plan.recipe
+        else:
+            r = load_recipe(recipe)
     except RecipeError as exc:
         _fail_recipe(exc)
     msg = f"[green]valid[/]: {len(r.sources)} source(s), {len(r.stages)} stage(s) -> {r.out_dir}"
     if check_inputs:
-        msg += f"; {len(inputs)} input file(s), {len(tasks)} read task(s)"
+        msg += f"; {len(plan.inputs)} input file(s), {len(plan.tasks)} read task(s)"
     console.print(msg)
 
 
@@ -154,7 +153,7 @@ def serve(recipe: str = typer.Argument(..., help="Recipe YAML file."),
           out: Optional[str] = typer.Option(None, "--out", "-o"),
           name: Optional[str] = typer.Option(None, help="Deployment name (default: recipe name).")) -> None:
     """Serve the curate flow for RECIPE as a scheduled Prefect deployment (needs a Prefect server)."""
-    from thresher.schemas.recipe import RecipeError
+    from thresher.core.errors import RecipeError
 
     _setup_logging(False)
     if bool(cron) == bool(interval):
@@ -173,23 +172,31 @@ def serve(recipe: str = typer.Argument(..., help="Recipe YAML file."),
 
 
 @app.command()
-def stages() -> None:
+def stages(markdown: bool = typer.Option(False, "--markdown", help="Print the README's stage reference "
+                                         "(Markdown, generated from the stage classes).")) -> None:
     """List the stage types and their parameters."""
-    from thresher.pipelines.registry import STAGES, UnknownStage, stage_class
+    from thresher.core.registry import UnknownStage, available, stage_class
+    from thresher.core.stage_docs import markdown_reference, param_rows
 
-    for name in STAGES:
+    classes = []
+    for name in available():
         try:
-            cls = stage_class(name)
-        except UnknownStage:
-            continue
-        t = Table(title=f"{name} — {(cls.__doc__ or '').strip().splitlines()[0]}", title_justify="left")
-        t.add_column("param")
-        t.add_column("default")
-        t.add_column("meaning")
-        for pname, f in cls.Params.model_fields.items():
-            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-            t.add_row(pname, default, f.description or "")
+            classes.append(stage_class(name))
+        except UnknownStage as exc:
+            err_console.print(f"[yellow]skipped[/] {name}: {exc}")
+    if markdown:
+        print(markdown_reference(classes), end="")
+        return
+    for cls in classes:
+        t = Table(title=f"{cls.type_name} ({cls.kind}, v{cls.version}) — {(cls.__doc__ or '').strip().splitlines()[0]}",
+                  title_justify="left")
+        for c in ("param", "default", "meaning"):
+            t.add_column(c)
+        for row in param_rows(cls.Params):
+            t.add_row(*row)
         console.print(t)
+        if cls.cost:
+            console.print(f"  cost: {cls.cost}\n")
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The `curate` Prefect flow: validate -> run the Beam pipeline -> publish the manifest.
+"""The `curate` Prefect flow: plan -> run the Beam pipeline -> publish the manifest.
 
-`thresher run` calls this flow. With no Prefect server configured, Prefect starts a temporary
-local API for the process (no set-up needed); point PREFECT_API_URL at a server to see runs
-in its UI. `serve()` turns the flow into a scheduled deployment (cron or interval), which
-needs a real server: schedules never fire on the temporary one.
+`thresher run` resolves the recipe into a `RunPlan` (so a bad recipe exits 2 before Prefect
+starts) and hands it to this flow; a scheduled deployment passes only the recipe path and the
+flow plans itself. With no Prefect server configured, Prefect starts a temporary local API
+for the process (no set-up needed); point PREFECT_API_URL at a server to see runs in its UI.
+`serve()` turns the flow into a scheduled deployment (cron or interval), which needs a real
+server: schedules never fire on the temporary one.
 """
 
 from __future__ import annotations
@@ -13,69 +15,72 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from thresher.schemas.recipe import Recipe, load_recipe
+from thresher.engine.plan import RunPlan, make_plan
+from thresher.recipe.load import load_recipe
 
 
-@task(name="validate-recipe")
-def validate(recipe_path: str, overrides: dict[str, Any] | None = None) -> Recipe:
-    recipe = load_recipe(recipe_path, overrides)
-    get_run_logger().info("recipe %s is valid (sha256 %s)", recipe_path, recipe.hash()[:12])
-    return recipe
+def plan_recipe(recipe_path: str, out: str | None = None, runner: str | None = None,
+                overrides: dict[str, Any] | None = None, with_hashes: bool = True) -> RunPlan:
+    """Load, validate and resolve a recipe file (raises `RecipeError`)."""
+    merged = dict(overrides or {})
+    if out:
+        merged["output.dir"] = os.path.abspath(out)
+    return make_plan(load_recipe(recipe_path, merged), runner=runner, with_hashes=with_hashes)
+
+
+@task(name="plan-run")
+def plan_task(recipe_path: str, out: str | None, runner: str | None, overrides: dict[str, Any] | None) -> RunPlan:
+    plan = plan_recipe(recipe_path, out, runner, overrides)
+    get_run_logger().info("recipe %s is valid (sha256 %s)", recipe_path, plan.recipe.hash()[:12])
+    return plan
 
 
 @task(name="run-beam-pipeline")
-def run_beam(recipe: Recipe, runner: str | None = None):
-    from thresher.pipelines.build import run_pipeline
+def run_beam(plan: RunPlan):
+    from thresher.engine.build import run_pipeline
 
     log = get_run_logger()
-    log.info("running %d source(s) through %d stage(s) into %s", len(recipe.sources), len(recipe.stages), recipe.out_dir)
-    run = run_pipeline(recipe, runner=runner)
+    log.info("running %d source(s) through %d stage(s) into %s", len(plan.recipe.sources), len(plan.stages),
+             plan.out_dir)
+    run = run_pipeline(plan)
     log.info("pipeline finished in %.1f s: %d shard(s)", run.seconds, len(run.shards))
     return run
 
 
 # Publishing touches only the local/remote filesystem; retries cover a flaky mount.
 @task(name="publish-manifest", retries=3, retry_delay_seconds=2)
-def publish_manifest(recipe: Recipe, run) -> str:
+def publish_manifest(plan: RunPlan, run) -> str:
     from thresher.flows.publish import publish
 
-    path = publish(recipe, run)
+    path = publish(plan, run)
     get_run_logger().info("manifest written: %s", path)
     return path
 
 
-@flow(name="thresher-curate", log_prints=True)
+@flow(name="thresher-curate", log_prints=True, validate_parameters=False)
 def curate(recipe_path: str, out: str | None = None, runner: str | None = None,
-           overrides: dict[str, Any] | None = None) -> str:
+           overrides: dict[str, Any] | None = None, plan: RunPlan | None = None) -> str:
     """Curate a corpus as the recipe says; returns the manifest path."""
-    recipe = validate(recipe_path, _with_out(overrides, out))
-    run = run_beam(recipe, runner)
-    return publish_manifest(recipe, run)
+    if plan is None:
+        plan = plan_task(recipe_path, out, runner, overrides)
+    run = run_beam(plan)
+    return publish_manifest(plan, run)
 
 
-def run_without_prefect(recipe_path: str, out: str | None = None, runner: str | None = None,
-                        overrides: dict[str, Any] | None = None) -> str:
-    """The same three steps as `curate`, as plain calls (no Prefect API at all)."""
+def run_plan(plan: RunPlan) -> str:
+    """The same steps as `curate`, as plain calls (no Prefect API at all)."""
+    from thresher.engine.build import run_pipeline
     from thresher.flows.publish import publish
-    from thresher.pipelines.build import run_pipeline
 
-    recipe = load_recipe(recipe_path, _with_out(overrides, out))
-    return publish(recipe, run_pipeline(recipe, runner=runner))
-
-
-def _with_out(overrides: dict[str, Any] | None, out: str | None) -> dict[str, Any]:
-    merged = dict(overrides or {})
-    if out:
-        merged["output.dir"] = os.path.abspath(out)
-    return merged
+    return publish(plan, run_pipeline(plan))
 
 
 def serve(recipe_path: str, cron: str | None = None, interval: float | None = None,
           out: str | None = None, name: str | None = None) -> None:
     """Serve `curate` for this recipe as a scheduled deployment (blocks)."""
-    recipe = load_recipe(recipe_path)  # fail now, not at 3 a.m.
+    plan = plan_recipe(recipe_path, out, with_hashes=False)  # fail now, not at 3 a.m.
     params: dict[str, Any] = {"recipe_path": os.path.abspath(recipe_path)}
     if out:
         params["out"] = os.path.abspath(out)
     kwargs: dict[str, Any] = {"cron": cron} if cron else {"interval": interval}
-    curate.serve(name=name or recipe.name, parameters=params, **kwargs)
+    curate.serve(name=name or plan.recipe.name, parameters=params, **kwargs)

@@ -17,34 +17,29 @@ from typing import Any
 
 import thresher
 from thresher.load import read_shard
-from thresher.pipelines.atomic import write_bytes_atomic
-from thresher.pipelines.build import MANIFEST, WORK_DIR, RunResult, per_source_counts
-from thresher.schemas.recipe import Recipe
+from thresher.core import counters as names
+from thresher.engine.build import RunResult
+from thresher.engine.plan import RunPlan
+from thresher.io.atomic import write_bytes_atomic
 
 MANIFEST_FORMAT = "thresher-manifest/1"
 
 
-def build_manifest(recipe: Recipe, run: RunResult) -> dict[str, Any]:
-    sources = [s.name for s in recipe.sources]
-    by_source = per_source_counts(run.counters, sources, run.stage_names)
+def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
+    recipe = plan.recipe
+    by_source = names.per_source(run.counters, plan.source_names, plan.stage_names)
     totals = {k: sum(v[k] for v in by_source.values()) for k in ("read", "quarantined", "written")}
     stages: dict[str, Any] = {}
-    for spec in recipe.stages:
-        name = spec.name or spec.type
-        prefix = f"{name}/"
-        stage_counters = {k[len(prefix):]: v for k, v in run.counters.items() if k.startswith(prefix)}
-        dropped: dict[str, int] = {}
-        for k, v in stage_counters.items():
-            if k.startswith("dropped/"):
-                reason = k[len("dropped/"):].rsplit("/", 1)[0]
-                dropped[reason] = dropped.get(reason, 0) + v
-        stages[name] = {
+    for spec, stage in zip(recipe.stages, plan.stages):
+        stages[stage.name] = {
             "type": spec.type,
+            "version": stage.version,
+            "kind": stage.kind,
             "params": spec.params,
-            "rows_in": sum(v for k, v in stage_counters.items() if k.startswith("in/")),
-            "dropped": dropped,
-            "counters": stage_counters,
-            "report": run.reports.get(name),
+            "rows_in": names.rows_in(run.counters, stage.name),
+            "dropped": {r: sum(per.values()) for r, per in names.drops(run.counters, stage.name).items()},
+            "counters": names.stage_counters(run.counters, stage.name),
+            "report": run.reports.get(stage.name),
         }
     totals["dropped"] = sum(sum(s["dropped"].values()) for s in stages.values())
     schema = _shard_schema(run)
@@ -53,12 +48,12 @@ def build_manifest(recipe: Recipe, run: RunResult) -> dict[str, Any]:
         "thresher_version": thresher.__version__,
         "name": recipe.name,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "recipe_sha256": run.recipe_hash,
+        "recipe_sha256": recipe.hash(),
         "recipe": json.loads(recipe.canonical_json()),
         "seed": recipe.seed,
-        "runner": run.runner,
+        "runner": plan.runner,
         "seconds": round(run.seconds, 3),
-        "inputs": run.inputs,
+        "inputs": [x.__dict__ for x in plan.inputs],
         "counts": {"total": totals, "by_source": by_source,
                    "balanced": all(v["balanced"] for v in by_source.values())},
         "stages": stages,
@@ -85,16 +80,15 @@ def _shard_schema(run: RunResult) -> dict[str, Any] | None:
     }
 
 
-def publish(recipe: Recipe, run: RunResult) -> str:
+def publish(plan: RunPlan, run: RunResult) -> str:
     """Write the manifest (last), remove files no longer listed. Returns the manifest path."""
-    manifest = build_manifest(recipe, run)
+    manifest = build_manifest(plan, run)
     for kind, listed in (("shards", run.shards), ("dropped", run.dropped), ("quarantine", run.quarantine)):
         _remove_unlisted(run.out_dir, kind, {s["path"] for s in listed})
     _remove_stale_indexes(run.out_dir, {a["path"] for a in manifest["artifacts"]})
-    path = os.path.join(run.out_dir, MANIFEST)
-    write_bytes_atomic(path, json.dumps(manifest, indent=2, sort_keys=False).encode())
-    shutil.rmtree(os.path.join(run.out_dir, WORK_DIR), ignore_errors=True)
-    return path
+    write_bytes_atomic(plan.manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
+    shutil.rmtree(plan.work_dir, ignore_errors=True)
+    return plan.manifest_path
 
 
 def _artifacts(run: RunResult) -> list[dict[str, Any]]:

@@ -1,0 +1,95 @@
+"""Counter names: the one place that builds and parses them.
+
+Every count the manifest adds up is a Beam metric in the `thresher` namespace, named
+
+    read/<source>  quarantined/<source>  unreadable_files/<source>  written/<source>
+    <stage>/in/<source>  <stage>/dropped/<reason>/<source>  <stage>/<what>[/<source>]
+
+Source and stage names are limited to `[A-Za-z0-9_.-]` by the recipe, so `/` splits them
+safely; a drop reason may itself contain `/`-free text such as `contaminated:gsm8k`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from thresher.core import rows
+
+METRICS_NAMESPACE = "thresher"
+READ, QUARANTINED, WRITTEN, UNREADABLE = "read", "quarantined", "written", "unreadable_files"
+
+_COUNTERS: dict[str, Any] = {}
+
+
+def counter(name: str):
+    """The Beam counter `name` (created once per process)."""
+    c = _COUNTERS.get(name)
+    if c is None:
+        import apache_beam as beam
+
+        c = _COUNTERS[name] = beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
+    return c
+
+
+def count_by_source(prefix: str, batch: pa.RecordBatch | pa.Table) -> None:
+    """Increment `<prefix>/<source>` by the number of rows of each source in `batch`."""
+    if batch.num_rows == 0:
+        return
+    col = batch.column(rows.SOURCE)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    for item in pc.value_counts(col).to_pylist():
+        counter(f"{prefix}/{item['values']}").inc(int(item["counts"]))
+
+
+def stage_in(stage: str) -> str:
+    return f"{stage}/in"
+
+
+def stage_dropped(stage: str, reason: str) -> str:
+    return f"{stage}/dropped/{reason}"
+
+
+def stage_counters(counters: dict[str, int], stage: str) -> dict[str, int]:
+    """`<stage>/...` counters with the stage prefix removed."""
+    prefix = f"{stage}/"
+    return {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
+
+
+def drops(counters: dict[str, int], stage: str) -> dict[str, dict[str, int]]:
+    """{reason: {source: rows}} dropped by `stage`."""
+    out: dict[str, dict[str, int]] = {}
+    for k, v in stage_counters(counters, stage).items():
+        if k.startswith("dropped/"):
+            reason, _, source = k[len("dropped/"):].rpartition("/")
+            out.setdefault(reason, {})[source] = out.get(reason, {}).get(source, 0) + v
+    return out
+
+
+def rows_in(counters: dict[str, int], stage: str) -> int:
+    return sum(v for k, v in stage_counters(counters, stage).items() if k.startswith("in/"))
+
+
+def per_source(counters: dict[str, int], sources: list[str], stages: list[str]) -> dict[str, dict[str, Any]]:
+    """{source: {read, quarantined, dropped: {stage: {reason: n}}, written, balanced}}."""
+    by_stage = {st: drops(counters, st) for st in stages}
+    out: dict[str, dict[str, Any]] = {}
+    for s in sources:
+        dropped: dict[str, dict[str, int]] = {}
+        for st, reasons in by_stage.items():
+            mine = {r: per[s] for r, per in reasons.items() if s in per}
+            if mine:
+                dropped[st] = mine
+        entry = {
+            "read": counters.get(f"{READ}/{s}", 0),
+            "quarantined": counters.get(f"{QUARANTINED}/{s}", 0),
+            "dropped": dropped,
+            "written": counters.get(f"{WRITTEN}/{s}", 0),
+        }
+        total_dropped = sum(v for d in dropped.values() for v in d.values())
+        entry["balanced"] = entry["read"] == entry["written"] + entry["quarantined"] + total_dropped
+        out[s] = entry
+    return out

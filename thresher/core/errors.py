@@ -1,0 +1,28 @@
+"""Errors a person can act on: pydantic's errors as `key.path: message (got value)` lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: carries a list of 'key.path: message' lines."""
+
+    def __init__(self, problems: list[str], origin: str = "recipe"):
+        self.problems = problems
+        self.origin = origin
+        super().__init__(f"{origin}: invalid recipe\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def format_error(err: dict[str, Any], prefix: str = "") -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    path = ".".join(p for p in (prefix, loc) if p) or "<root>"
+    got = err.get("input")
+    tail = "" if err.get("type") == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{path}: {err.get('msg', 'invalid')}{tail}"
+
+
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    return [format_error(e, prefix) for e in exc.errors()]

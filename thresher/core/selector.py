@@ -1,0 +1,211 @@
+"""The selector template: score -> [select] -> decide -> apply decisions -> report.
+
+A selector author writes (all but `decide` optional):
+
+    Params                       the recipe's params (pydantic, unknown keys rejected)
+    setup()                      once per worker before `score` (load a model)
+    score(batch) -> columns      per batch: score columns (dict name -> array, or a batch);
+                                 they travel to the shards, so thresholds can change later
+    select(scored) -> PCollection  a global step over all scored batches (a combiner, a
+                                 shuffle) whose single element is handed to `decide`
+    decide(batch[, selected])    -> (keep, reason) or (keep, reason, columns): `keep` a bool per
+                                 row, `reason` one string or one per row (read where dropped)
+    summarise(batch, keep) -> dict   per batch; numbers and arrays add, lists concatenate
+    report(summary[, selected]) -> dict   the stage's report (reports/<stage>.json, manifest)
+    internal_columns             columns only the stage's own steps use: never written
+    dropped_only_columns         columns that only mean something on dropped rows (`dropped/`)
+
+and gets for free: one Beam wiring for every selector, counters `<stage>/in/<source>` and
+`<stage>/dropped/<reason>/<source>` (the manifest adds them up per source), dropped rows with
+`drop_stage`/`drop_reason` in `OUT/dropped/` when the recipe asks, internal columns stripped,
+the report written. Decisions are the columns `__keep` / `__drop_reason` between `decide` and
+the split; a stage never touches them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from thresher.core import columns as cols
+from thresher.core import counters
+from thresher.core.reports import SumSummaries, report_path, write_report
+from thresher.core.stage import Hook, Stage, overrides
+
+KEEP = "__keep"
+DROP_REASON = "__drop_reason"
+DROPPED_TAG = "dropped"
+DROP_STAGE_COLUMN, DROP_REASON_COLUMN = "drop_stage", "drop_reason"
+
+
+def with_decisions(batch: pa.RecordBatch, keep: Any, reason: Any,
+                   columns: dict[str, Any] | None = None) -> pa.RecordBatch:
+    """`batch` plus `columns` and the two decision columns (`reason` read only where dropped)."""
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (batch.num_rows,):
+        raise ValueError(f"decide() returned {keep.shape[0] if keep.ndim else 'a scalar'} keep flags "
+                         f"for a batch of {batch.num_rows} rows")
+    out = cols.set_columns(batch, columns)
+    if reason is None or isinstance(reason, str):
+        reasons = pa.array(np.where(keep, None, reason or "unspecified").tolist(), type=pa.string())
+    else:
+        r = reason.to_pylist() if isinstance(reason, (pa.Array, pa.ChunkedArray)) else list(reason)
+        reasons = pa.array([None if k else x for k, x in zip(keep, r)], type=pa.string())
+    out = out.append_column(KEEP, pa.array(keep, type=pa.bool_()))
+    return out.append_column(DROP_REASON, reasons)
+
+
+def _columns_out(batch: pa.RecordBatch, out: Any, hook: str) -> pa.RecordBatch:
+    if out is None:
+        return batch
+    if isinstance(out, pa.RecordBatch):
+        return out
+    if isinstance(out, dict):
+        return cols.set_columns(batch, out)
+    raise TypeError(f"{hook}() must return a dict of columns, a RecordBatch or None, not {type(out).__name__}")
+
+
+def _takes_selected(function) -> bool:
+    """Does `decide` (a function defined in a class: self first) take a `selected` argument?"""
+    sig = inspect.signature(function).parameters.values()
+    positional = [p for p in sig if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in sig)
+
+
+class _Score(beam.DoFn):
+    def __init__(self, stage: Selector):
+        self.stage = stage
+
+    def setup(self) -> None:
+        self.stage.setup()
+
+    def process(self, batch: pa.RecordBatch):
+        yield _columns_out(batch, self.stage.score(batch), "score")
+
+
+class _Decide(beam.DoFn):
+    def __init__(self, stage: Selector, with_side: bool):
+        self.stage = stage
+        self.with_side = with_side
+
+    def process(self, batch: pa.RecordBatch, *side):
+        out = self.stage.decide(batch, side[0] if side else None) if self.with_side else self.stage.decide(batch)
+        if not isinstance(out, tuple) or len(out) not in (2, 3):
+            raise TypeError(f"{self.stage.name}: decide() must return (keep, reason) or (keep, reason, columns)")
+        yield with_decisions(batch, *out)
+
+
+class _Summarise:
+    """Picklable adaptor: a decided batch -> the stage's summary of it."""
+
+    def __init__(self, stage: Selector):
+        self.stage = stage
+
+    def __call__(self, batch: pa.RecordBatch) -> dict:
+        keep = batch.column(KEEP).to_numpy(zero_copy_only=False)
+        return self.stage.summarise(batch, keep)
+
+
+def _finish_report(summary: dict, stage: Selector, *side) -> dict:
+    return stage.report(summary, side[0]) if side else stage.report(summary)
+
+
+class _Apply(beam.DoFn):
+    """Count, split kept from dropped, strip what must not be written."""
+
+    def __init__(self, stage: str, want_dropped: bool, internal: tuple[str, ...], dropped_only: tuple[str, ...]):
+        self.stage = stage
+        self.want_dropped = want_dropped
+        self.internal = internal
+        self.dropped_only = dropped_only
+
+    def process(self, batch: pa.RecordBatch):
+        counters.count_by_source(counters.stage_in(self.stage), batch)
+        keep = batch.column(KEEP)
+        batch = cols.drop_columns(batch, self.internal)
+        kept = cols.drop_columns(batch.filter(keep), (KEEP, DROP_REASON, *self.dropped_only))
+        if kept.num_rows:
+            yield kept
+        if kept.num_rows == batch.num_rows:
+            return
+        dropped = batch.filter(pc.invert(keep))
+        reasons = pc.fill_null(dropped.column(DROP_REASON), "unspecified")
+        for reason in pc.unique(reasons).to_pylist():
+            counters.count_by_source(counters.stage_dropped(self.stage, reason),
+                                     dropped.filter(pc.equal(reasons, reason)))
+        if self.want_dropped:
+            out = dropped.drop_columns([KEEP, DROP_REASON])
+            out = out.append_column(DROP_STAGE_COLUMN, pa.array([self.stage] * out.num_rows, pa.string()))
+            yield beam.pvalue.TaggedOutput(DROPPED_TAG, out.append_column(DROP_REASON_COLUMN, reasons))
+
+
+class SelectorTransform(beam.PTransform):
+    """The one `expand()` every selector runs. After it is applied, `dropped` holds the
+    dropped rows (when the run writes them), for the pipeline builder."""
+
+    def __init__(self, stage: Selector):
+        super().__init__(label=stage.name)
+        self.stage = stage
+        self.dropped: beam.PCollection | None = None
+
+    def expand(self, batches):
+        st = self.stage
+        scored = batches | "Score" >> beam.ParDo(_Score(st)) if overrides(st, "score", Selector) else batches
+        side: tuple = ()
+        if overrides(st, "select", Selector):
+            selected = scored | Hook(st.select, label="Select")
+            side = (beam.pvalue.AsSingleton(selected),)
+        decided = scored | "Decide" >> beam.ParDo(_Decide(st, bool(side)), *side)
+        if overrides(st, "summarise", Selector) or overrides(st, "report", Selector):
+            if overrides(st, "summarise", Selector):
+                summary = decided | "Summarise" >> beam.CombineGlobally(SumSummaries(_Summarise(st)))
+            else:
+                summary = batches.pipeline | "NoSummary" >> beam.Create([{}])
+            report = summary | "Report" >> beam.Map(_finish_report, st, *side)
+            _ = report | "WriteReport" >> beam.Map(write_report, report_path(st.ctx.work_dir, st.name))
+        res = decided | "Apply" >> beam.ParDo(_Apply(st.name, st.ctx.write_dropped, tuple(st.internal_columns),
+                                                     tuple(st.dropped_only_columns))).with_outputs(DROPPED_TAG, main="kept")
+        if st.ctx.write_dropped:
+            self.dropped = res[DROPPED_TAG]
+        return res["kept"]
+
+
+class Selector(Stage):
+    """Base class of selectors: see the module docstring for the hooks."""
+
+    _template = True
+    kind: ClassVar[str] = "selector"
+    internal_columns: ClassVar[tuple[str, ...]] = ()
+    dropped_only_columns: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def contract_problems(cls) -> list[str]:
+        """What keeps this class from running as a selector (checked when a recipe names it)."""
+        if cls.decide is Selector.decide:
+            return ["must define decide(batch) -> (keep, reason)"]
+        if cls.select is not Selector.select and not _takes_selected(cls.decide):
+            return ["defines select(), so decide() must take (batch, selected)"]
+        return []
+
+    def score(self, batch: pa.RecordBatch) -> dict[str, Any] | pa.RecordBatch | None:
+        return None
+
+    def select(self, scored: beam.PCollection) -> beam.PCollection:
+        raise NotImplementedError
+
+    def decide(self, batch: pa.RecordBatch, selected: Any = None):
+        raise NotImplementedError
+
+    def summarise(self, batch: pa.RecordBatch, keep: np.ndarray) -> dict[str, Any]:
+        return {}
+
+    def report(self, summary: dict[str, Any], selected: Any = None) -> dict[str, Any]:
+        return summary
+
+    def transform(self) -> SelectorTransform:
+        return SelectorTransform(self)

@@ -1,0 +1,109 @@
+"""The stage contract: every feature stage and selector is a `Stage`.
+
+A stage is a plain Python object (scikit-learn style: its validated `params` and a
+`StageContext`), not a Beam transform: the templates in `selector.py` and `feature.py` own
+the Beam wiring and call the stage's hooks — `setup`, `score`/`columns`, `select`, `decide`,
+`summarise`, `report` — on the workers. A subclass cannot replace that wiring: defining
+`transform` or `expand` in a stage class is a `TypeError` at class creation.
+
+Class attributes a stage sets:
+    type_name  the recipe's `type:` (built-ins are listed in `registry.py`; a plugin is
+               named by its import path, `package.module:Class`)
+    version    bumped when the stage's output for the same params changes (manifest)
+    Params     a `StageParams` model: the recipe's `params:` mapping, unknown keys rejected
+    cost       one line for `thresher stages` (the docstring says more: In / Out / Cost)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import apache_beam as beam
+from pydantic import BaseModel, ConfigDict
+
+from thresher.core.context import StageContext
+
+# Methods the templates own; a stage defining one of them is refused at class creation.
+TEMPLATE_METHODS = frozenset({"transform", "expand"})
+
+
+class StageParams(BaseModel):
+    """Base for every stage's params: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stage:
+    """Base of every stage. Subclass `Selector` or `Feature`, not this."""
+
+    type_name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    Params: ClassVar[type[StageParams]] = StageParams
+    cost: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # "selector" | "feature", set by the templates
+    # True only on the framework's template classes (Selector, Feature).
+    _template: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_template"):
+            return
+        clash = sorted(TEMPLATE_METHODS & set(cls.__dict__))
+        if clash:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__} defines {', '.join(clash)}(): the stage template "
+                "owns the pipeline wiring; put per-batch work in score()/columns(), global work in "
+                "select(), decisions in decide() and stats in summarise()/report()"
+            )
+
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, ctx: StageContext | None = None):
+        if not isinstance(params, self.Params):
+            params = self.Params.model_validate(params or {})
+        self.params = params
+        self.ctx = ctx or StageContext(name=self.type_name or type(self).__name__, seed=0,
+                                       out_dir=".", work_dir=".")
+
+    @property
+    def name(self) -> str:
+        return self.ctx.name
+
+    # -- hooks every kind shares ------------------------------------------------------------
+    def check(self) -> list[str]:
+        """Problems found before the pipeline starts (missing files, models), as
+        'params.key: what is wrong and what to do' lines."""
+        return []
+
+    def setup(self) -> None:
+        """Once per worker before the first batch: load models, open clients."""
+
+    def transform(self) -> beam.PTransform:  # pragma: no cover - the templates define it
+        raise NotImplementedError
+
+    @classmethod
+    def contract_problems(cls) -> list[str]:
+        return [f"subclass thresher.core.Selector or thresher.core.Feature, not {cls.__name__}'s base Stage"]
+
+    # -- helpers for stages ---------------------------------------------------------------
+    def read_sources(self, pipeline: beam.Pipeline, sources: list, label: str) -> beam.PCollection:
+        """Auxiliary sources (a target domain, say) as canonical batches, uncounted."""
+        from thresher.io.ingest import read_side_source
+
+        return read_side_source(pipeline, self.ctx.recipe, sources, label=label)
+
+
+def overrides(stage: Stage, method: str, base: type) -> bool:
+    """True when `stage`'s class implements `method` itself rather than inheriting `base`'s."""
+    return getattr(type(stage), method) is not getattr(base, method)
+
+
+class Hook(beam.PTransform):
+    """Runs a stage's Beam-level hook (`select`) inside its own labelled composite, so the
+    labels a stage author picks only need to be unique within that hook."""
+
+    def __init__(self, fn, *args: Any, label: str):
+        super().__init__(label=label)
+        self.fn = fn
+        self.args = args
+
+    def expand(self, pcoll):
+        return self.fn(pcoll, *self.args)

@@ -1,0 +1,155 @@
+"""Assemble and run one Beam pipeline from a `RunPlan`.
+
+    sources -> Ingest -> stage 1 -> ... -> stage N -> WriteShards -> OUT/shards/
+                  \\-> quarantine -> OUT/quarantine/        dropped rows -> OUT/dropped/
+
+`run_pipeline` prepares the output directory (removes the old manifest first, so a directory
+with a half-finished run never looks complete), runs the pipeline, and returns a `RunResult`
+with the Beam counters and the shard lists that `flows.publish` turns into the manifest.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from thresher.core import counters as names
+from thresher.engine.plan import RunPlan
+
+log = logging.getLogger("thresher.build")
+
+
+@dataclass
+class RunResult:
+    out_dir: str
+    counters: dict[str, int]
+    shards: list[dict[str, Any]]
+    quarantine: list[dict[str, Any]]
+    dropped: list[dict[str, Any]]
+    reports: dict[str, Any]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class BadInputError(RuntimeError):
+    """Too many malformed records in a source (over `max_bad_fraction`)."""
+
+
+def prepare_out_dir(plan: RunPlan) -> None:
+    from thresher.io.atomic import sweep_temp_files
+
+    os.makedirs(plan.out_dir, exist_ok=True)
+    if os.path.exists(plan.manifest_path):
+        os.unlink(plan.manifest_path)  # the directory stops looking complete before any shard changes
+    sweep_temp_files(plan.out_dir)
+    shutil.rmtree(plan.work_dir, ignore_errors=True)
+    shutil.rmtree(os.path.join(plan.out_dir, "reports"), ignore_errors=True)
+    os.makedirs(plan.work_dir, exist_ok=True)
+
+
+def build(plan: RunPlan, pipeline) -> None:
+    """Add the whole curation graph to `pipeline`."""
+    import apache_beam as beam
+
+    from thresher.io.ingest import ReadSources
+    from thresher.io.shards import WriteQuarantine, WriteShards
+
+    recipe, out = plan.recipe, plan.recipe.output
+    batches, quarantine = pipeline | ReadSources(plan.tasks, recipe.batch_rows)
+    dropped = []
+    for stage in plan.stages:
+        t = stage.transform()
+        batches = batches | t
+        if t.dropped is not None:
+            dropped.append(t.dropped)
+    common = dict(seed=recipe.seed, max_rows=out.shard_max_rows, max_bytes=out.shard_max_bytes,
+                  compression=out.compression, chunk_rows=recipe.batch_rows)
+    _ = batches | WriteShards(plan.out_dir, plan.work_dir, kind="shards", partitions=plan.partitions,
+                              ipc_format=out.ipc_format, sort_by=out.sort_by if out.order == "sorted" else None,
+                              **common)
+    _ = quarantine | WriteQuarantine(plan.out_dir, plan.work_dir)
+    if dropped:
+        _ = (tuple(dropped) | "FlattenDropped" >> beam.Flatten()
+             | WriteShards(plan.out_dir, plan.work_dir, kind="dropped", partitions=1, count_prefix=None,
+                           label="Write[dropped]", **common))
+
+
+def run_pipeline(plan: RunPlan) -> RunResult:
+    """Run the plan's Beam pipeline to completion and collect its results."""
+    import apache_beam as beam
+
+    prepare_out_dir(plan)
+    t0 = time.perf_counter()
+    pipeline = beam.Pipeline(options=plan.pipeline_options())
+    build(plan, pipeline)
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - t0
+    counters = _counters(result)
+    work = plan.work_dir
+    run = RunResult(
+        out_dir=plan.out_dir, counters=counters, shards=_gather(work, "shards"),
+        quarantine=_gather(work, "quarantine"), dropped=_gather(work, "dropped"),
+        reports=_reports(work, plan.out_dir), seconds=seconds,
+    )
+    with open(os.path.join(work, "run_result.json"), "w") as fh:
+        json.dump(run.to_json(), fh)
+    check_bad_fraction(plan, counters)
+    return run
+
+
+def _counters(result) -> dict[str, int]:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(names.METRICS_NAMESPACE))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return dict(sorted(out.items()))
+
+
+def _gather(work: str, kind: str) -> list[dict[str, Any]]:
+    infos: list[dict[str, Any]] = []
+    for f in sorted(glob.glob(os.path.join(work, kind, "part-*.json"))):
+        with open(f) as fh:
+            infos += json.load(fh)
+    return sorted(infos, key=lambda x: x["path"])
+
+
+def _reports(work: str, out_dir: str) -> dict[str, Any]:
+    """Stage summaries written during the run -> published under OUT/reports/."""
+    out: dict[str, Any] = {}
+    src = os.path.join(work, "reports")
+    if not os.path.isdir(src):
+        return out
+    dst = os.path.join(out_dir, "reports")
+    os.makedirs(dst, exist_ok=True)
+    for f in sorted(os.listdir(src)):
+        if f.endswith(".json"):
+            with open(os.path.join(src, f)) as fh:
+                out[f[:-5]] = json.load(fh)
+            shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
+    return out
+
+
+def check_bad_fraction(plan: RunPlan, counters: dict[str, int]) -> None:
+    problems = []
+    for s in plan.recipe.sources:
+        read = counters.get(f"{names.READ}/{s.name}", 0)
+        bad = counters.get(f"{names.QUARANTINED}/{s.name}", 0)
+        if read and bad / read > s.max_bad_fraction:
+            problems.append(
+                f"source {s.name!r}: {bad} of {read} records ({bad / read:.1%}) were malformed, over "
+                f"max_bad_fraction={s.max_bad_fraction:g}; see quarantine/ for each record's file, line "
+                "and reason (raise max_bad_fraction to accept)"
+            )
+    if problems:
+        raise BadInputError("; ".join(problems))

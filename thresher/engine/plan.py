@@ -1,0 +1,110 @@
+"""One pass from recipe to run: everything a run needs, resolved once before any work.
+
+`make_plan` expands every source into read tasks (with the input files' sizes and sha256),
+builds every stage from its params and runs its `check()`, names the runner and its options
+and lays out the output directory. `thresher validate`, the pipeline builder, `publish` and
+the manifest all read the same `RunPlan`; every problem found is raised together as one
+`RecipeError` (exit 2) before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from thresher.core.context import StageContext
+from thresher.core.errors import RecipeError
+from thresher.core.registry import make_stage
+from thresher.recipe.schema import Recipe
+
+WORK_DIR = "_work"
+MANIFEST = "manifest.json"
+
+# Runner names that mean "run here, in this process". Beam's DirectRunner first tries the
+# Prism runner, which downloads a Go binary (fails offline, then silently falls back), so
+# thresher names the in-process portable runner directly.
+_LOCAL_RUNNERS = {"directrunner", "direct", "local", "fnapirunner"}
+_FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+
+
+class RunPlan(BaseModel):
+    """A resolved run. A pydantic model so that, handed to the Prefect flow, its JSON form (the
+    recipe, inputs with sha256, runner, output folder) is what the flow run's parameters show."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    recipe: Recipe
+    out_dir: str
+    inputs: list[Any]  # io.ingest.InputFile: path, size, sha256 per input file
+    runner: str  # the Beam runner class or name actually used
+    runner_options: dict[str, Any] = Field(default_factory=dict)
+    partitions: int = 1
+    # Worker-side objects: not part of the plan's JSON form.
+    tasks: list[Any] = Field(default_factory=list, exclude=True)  # io.ingest.ReadTask per file / row group
+    stages: list[Any] = Field(default_factory=list, exclude=True)  # built stages, params validated, checked
+
+    @property
+    def work_dir(self) -> str:
+        return os.path.join(self.out_dir, WORK_DIR)
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.out_dir, MANIFEST)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.name for s in self.recipe.sources]
+
+    def pipeline_options(self):
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        # flags=[]: PipelineOptions would otherwise parse this process's sys.argv.
+        return PipelineOptions(flags=[], runner=self.runner, **self.runner_options)
+
+
+def resolve_runner(recipe: Recipe, runner: str | None = None) -> tuple[str, dict[str, Any]]:
+    name = runner or recipe.runner.runner
+    opts = dict(recipe.runner.options)
+    if name.lower() in _LOCAL_RUNNERS:
+        # FnApiRunner reads direct_num_workers / direct_running_mode itself.
+        name = _FN_API_RUNNER
+        if int(opts.get("direct_num_workers", 1) or 1) > 1:
+            opts.setdefault("direct_running_mode", "multi_processing")
+    return name, opts
+
+
+def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = None,
+              with_hashes: bool = True) -> RunPlan:
+    """Resolve `recipe` into a plan, or raise one `RecipeError` listing every problem."""
+    from thresher.io.ingest import InputError, plan_reads
+    from thresher.io.shards import auto_partitions
+
+    out = os.path.abspath(out_dir or recipe.out_dir)
+    problems: list[str] = []
+    tasks: list[Any] = []
+    inputs: list[Any] = []
+    try:
+        tasks, inputs = plan_reads(recipe, with_hashes=with_hashes)
+    except InputError as exc:
+        problems += exc.problems
+    stages = []
+    for i, spec in enumerate(recipe.stages):
+        ctx = StageContext(name=spec.name or spec.type, seed=recipe.seed, out_dir=out,
+                           work_dir=os.path.join(out, WORK_DIR), recipe=recipe, index=i,
+                           write_dropped=recipe.output.write_dropped)
+        stage = make_stage(spec, ctx)
+        problems += [f"stages.{i}.{p}" for p in stage.check()]
+        stages.append(stage)
+    if problems:
+        raise RecipeError(problems, "recipe")
+    name, opts = resolve_runner(recipe, runner)
+    o = recipe.output
+    partitions = o.partitions if o.partitions != "auto" else auto_partitions(sum(x.size for x in inputs))
+    return RunPlan(recipe=recipe, out_dir=out, tasks=tasks, inputs=inputs, stages=stages, runner=name,
+                   runner_options=opts, partitions=partitions)

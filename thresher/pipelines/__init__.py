@@ -1,1 +1,0 @@
-"""Beam stages and transforms. `build.py` assembles one pipeline from a recipe."""

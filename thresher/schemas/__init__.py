@@ -1,1 +1,0 @@
-"""Arrow row schemas, the recipe model and the manifest layout."""

@@ -1,1 +1,0 @@
-"""Helpers of the `decontaminate` selector: benchmark loading, n-gram index, embedding index."""

@@ -1,0 +1,340 @@
+"""`variance_filter`: keep the problems a policy sometimes solves (reward variance > 0).
+
+As in DAPO's dynamic sampling / Temporal-R1: a problem the policy always solves or never
+solves gives a group-relative RL update no signal. Each row's `text` is the problem and
+`answer_field` its reference answer.
+
+In:  rows with a problem and a reference answer — or rows that already carry rewards
+     (`precomputed_rewards`: dotted paths such as `samples.correct` or `6b_finetuning.is_correct`)
+     or already-sampled responses (`precomputed_responses`), which are then rewarded here.
+Out: rows with `solve_rate` (mean reward), `reward_variance` (population variance),
+     `n_rollouts` (rewards that went into them), `rollout_failures`, `variance_status`
+     (`scored` or why not: a failure kind, `budget_exhausted`, `no_reference`) and, with
+     `write_rollouts`, `rollouts` (list of {text, reward}). Rows are dropped with reason
+     `all_correct` / `all_wrong` / `all_equal` (zero variance), `low_variance`,
+     `solve_rate_out_of_band`, `over_source_quota`, `below_top_k` or `unscored`.
+Cost: `n` model calls per problem (default 8), each answered from the rollout store when a
+     previous run made it. With `top_k` or `source_quotas`, one extra light pass: a combiner
+     keeps the best `min(quota, top_k)` (variance, row key) pairs per source.
+Stats (report): solve-rate and variance histograms, model calls, cache hits, failures by kind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from thresher.core.stage import BatchFn, MapBatches
+from thresher.core import rows
+from thresher.core.selector import ApplyDecisions, RowSelector, with_decisions
+from thresher.models.session import (
+    ModelSelectorParams, ModelSession, SumSummaries, answers_of, append_columns, check_model_params,
+    histogram, model_stats, stat_columns, strip_stats, with_policy_facts,
+)
+from thresher.models.policy import BUDGET, Request
+
+SCORED = "scored"
+
+
+class VarianceFilterParams(ModelSelectorParams):
+    n: int = Field(8, ge=2, le=1024, description="Rollouts per problem.")
+    min_rollouts: int = Field(2, ge=2, description="Fewest successful rollouts for a row to count as "
+                              "scored (the rest of `n` may have failed).")
+    drop_all_equal: bool = Field(True, description="Drop rows whose rewards are all equal "
+                                 "(all correct / all wrong).")
+    min_variance: float = Field(0.0, ge=0, description="Drop rows with reward variance below this.")
+    solve_rate_band: tuple[float, float] | None = Field(None, description="Keep only rows whose "
+                                                        "solve rate lies in [low, high].")
+    top_k: int | None = Field(None, gt=0, description="Keep at most this many rows overall, highest "
+                              "variance first (ties: input order).")
+    source_quotas: dict[str, int] = Field(default_factory=dict, description="Most rows kept per "
+                                          "source (highest variance first); sources not listed are "
+                                          "unlimited.")
+    precomputed_rewards: list[str] = Field(default_factory=list, description="Read rewards from the "
+                                           "row instead of calling a model: dotted paths to a number/"
+                                           "bool or a list of them (e.g. `samples.correct`).")
+    precomputed_responses: list[str] = Field(default_factory=list, description="Reward responses "
+                                             "already in the row (dotted paths to text or lists of "
+                                             "text) instead of calling a model.")
+
+    @model_validator(mode="after")
+    def _band(self) -> "VarianceFilterParams":
+        if self.solve_rate_band is not None:
+            lo, hi = self.solve_rate_band
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError("solve_rate_band must be [low, high] with 0 <= low <= high <= 1")
+        if self.precomputed_rewards and self.precomputed_responses:
+            raise ValueError("give precomputed_rewards or precomputed_responses, not both")
+        return self
+
+    @property
+    def uses_model(self) -> bool:
+        return not (self.precomputed_rewards or self.precomputed_responses)
+
+
+def _walk(value: Any, parts: list[str]) -> list[Any]:
+    """Values at a dotted path; lists on the way are mapped over."""
+    if isinstance(value, str) and parts and value[:1] in "[{":
+        try:  # ingest stores mixed-type fields as JSON text
+            value = json.loads(value)
+        except ValueError:
+            return []
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [x for v in value for x in _walk(v, parts)]
+    if not parts:
+        return [value]
+    if isinstance(value, dict):
+        return _walk(value.get(parts[0]), parts[1:])
+    return []
+
+
+def values_at(batch: pa.RecordBatch, paths: list[str]) -> list[list[Any]]:
+    out: list[list[Any]] = [[] for _ in range(batch.num_rows)]
+    for path in paths:
+        top, *rest = path.split(".")
+        if top not in batch.schema.names:
+            raise KeyError(f"field {top!r} of {path!r} is not a column (columns: {batch.schema.names})")
+        for i, v in enumerate(batch.column(top).to_pylist()):
+            out[i].extend(_walk(v, rest))
+    return out
+
+
+class _ScoreVariance(BatchFn):
+    """Rewards per problem -> solve rate, population variance, status (no decision yet)."""
+
+    def __init__(self, params: VarianceFilterParams, session: ModelSession):
+        self.p = params
+        self.s = session
+
+    def setup(self) -> None:
+        self.s.open(with_policy=self.p.uses_model)  # precomputed rewards need no model
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        p = self.p
+        n_rows = batch.num_rows
+        texts: list[list[str | None]] = [[] for _ in range(n_rows)]
+        fails = [Counter() for _ in range(n_rows)]
+        calls = [0] * n_rows
+        hits = [0] * n_rows
+        refs = None
+        if p.precomputed_rewards:
+            rewards = [[float(x) for x in r if isinstance(x, (bool, int, float))]
+                       for r in values_at(batch, p.precomputed_rewards)]
+        else:
+            refs = answers_of(batch, p.answer_field)
+            if p.precomputed_responses:
+                texts = [[t for t in r if isinstance(t, str)] for r in values_at(batch, p.precomputed_responses)]
+            else:
+                problems = batch.column(rows.TEXT).to_pylist()
+                reqs = [Request(problems[i], sample=str(j)) for i in range(n_rows) for j in range(p.n)]
+                before = self.s.stats_snapshot()
+                gens = self.s.generate(reqs)
+                self.s.count(before)
+                for idx, g in enumerate(gens):
+                    i = idx // p.n
+                    texts[i].append(g.text)
+                    if g.cached:
+                        hits[i] += 1
+                    elif g.error != BUDGET:
+                        calls[i] += 1
+                    if g.text is None:
+                        fails[i][g.error] += 1
+            rewards = [[self.s.reward(t, refs[i]) for t in texts[i] if t is not None] if refs[i] is not None else []
+                       for i in range(n_rows)]
+        rate = np.full(n_rows, np.nan)
+        var = np.full(n_rows, np.nan)
+        status = []
+        for i, r in enumerate(rewards):
+            if len(r) >= p.min_rollouts:
+                a = np.asarray(r, dtype=float)
+                rate[i], var[i] = a.mean(), a.var()  # population variance (ddof=0)
+                status.append(SCORED)
+            elif refs is not None and refs[i] is None:
+                status.append("no_reference")
+            elif fails[i]:
+                status.append(fails[i].most_common(1)[0][0])
+            else:
+                status.append("too_few_rewards")
+        cols = {
+            "solve_rate": pa.array(rate, pa.float64(), mask=np.isnan(rate)),
+            "reward_variance": pa.array(var, pa.float64(), mask=np.isnan(var)),
+            "n_rollouts": pa.array([len(r) for r in rewards], pa.int32()),
+            "rollout_failures": pa.array([sum(f.values()) for f in fails], pa.int32()),
+            "variance_status": pa.array(status, pa.string()),
+        }
+        if p.write_rollouts and texts and any(texts):
+            cols["rollouts"] = pa.array(
+                [[{"text": t, "reward": float(rw)} for t, rw in zip([t for t in tx if t is not None], rewards[i])]
+                 for i, tx in enumerate(texts)],
+                pa.list_(pa.struct([("text", pa.string()), ("reward", pa.float64())])))
+        cols.update(stat_columns(calls, hits, fails))
+        return append_columns(batch, cols)
+
+
+def _passes_local(batch: pa.RecordBatch, p: VarianceFilterParams) -> tuple[np.ndarray, list[str | None]]:
+    """Row-local rules -> (keep mask, reason per row)."""
+    rate = batch.column("solve_rate").to_numpy(zero_copy_only=False)
+    var = batch.column("reward_variance").to_numpy(zero_copy_only=False)
+    scored = ~np.isnan(var)
+    keep = np.ones(batch.num_rows, bool)
+    reason: list[str | None] = [None] * batch.num_rows
+    for i in range(batch.num_rows):
+        if not scored[i]:
+            if p.on_unscored == "drop":
+                keep[i], reason[i] = False, "unscored"
+            continue
+        if p.drop_all_equal and var[i] <= 1e-12:
+            keep[i] = False
+            reason[i] = "all_correct" if rate[i] >= 1 - 1e-12 else "all_wrong" if rate[i] <= 1e-12 else "all_equal"
+        elif var[i] < p.min_variance:
+            keep[i], reason[i] = False, "low_variance"
+        elif p.solve_rate_band is not None and not (p.solve_rate_band[0] <= rate[i] <= p.solve_rate_band[1]):
+            keep[i], reason[i] = False, "solve_rate_out_of_band"
+    return keep, reason
+
+
+class _TopCandidates(beam.CombineFn):
+    """(variance, row key) of row-locally kept, scored rows -> the keys top-k/quotas keep.
+
+    Each source keeps only its best min(quota, top_k) pairs, so memory is bounded by
+    those numbers, not the corpus. Order: variance high to low, then row key (input order).
+    """
+
+    def __init__(self, p: VarianceFilterParams):
+        self.p = p
+
+    def _cap(self, source: str) -> int | None:
+        caps = [c for c in (self.p.source_quotas.get(source), self.p.top_k) if c is not None]
+        return min(caps) if caps else None
+
+    @staticmethod
+    def _best(var: np.ndarray, keys: np.ndarray, cap: int | None):
+        order = np.lexsort((keys, -var))
+        if cap is not None:
+            order = order[:cap]
+        return var[order], keys[order]
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, batch):
+        keep, _ = _passes_local(batch, self.p)
+        var = batch.column("reward_variance").to_numpy(zero_copy_only=False)
+        keep &= ~np.isnan(var)
+        keys = batch.column(rows.ROW_KEY).to_numpy()
+        src = np.asarray(batch.column(rows.SOURCE).to_pylist(), dtype=object)
+        for s in np.unique(src[keep]) if keep.any() else []:
+            m = keep & (src == s)
+            old_v, old_k = acc.get(s, (np.zeros(0), np.zeros(0, np.uint64)))
+            acc[s] = self._best(np.concatenate([old_v, var[m]]), np.concatenate([old_k, keys[m]]), self._cap(s))
+        return acc
+
+    def merge_accumulators(self, accs):
+        out: dict = {}
+        for a in accs:
+            for s, (v, k) in a.items():
+                old_v, old_k = out.get(s, (np.zeros(0), np.zeros(0, np.uint64)))
+                out[s] = self._best(np.concatenate([old_v, v]), np.concatenate([old_k, k]), self._cap(s))
+        return out
+
+    def extract_output(self, acc):
+        """-> (keys kept by quotas, keys kept by top-k), each sorted, or None when unused."""
+        if not acc:
+            empty = np.zeros(0, np.uint64)
+            return empty, empty
+        quota_keys = np.sort(np.concatenate([k for _, k in acc.values()]).astype(np.uint64))
+        if self.p.top_k is None:
+            return quota_keys, None
+        v = np.concatenate([v for v, _ in acc.values()])
+        k = np.concatenate([k for _, k in acc.values()]).astype(np.uint64)
+        _, top = self._best(v, k, self.p.top_k)
+        return quota_keys, np.sort(top)
+
+
+def _member(keys: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if len(sorted_set) == 0:
+        return np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(sorted_set, keys), len(sorted_set) - 1)
+    return sorted_set[pos] == keys
+
+
+class _DecideVariance(BatchFn):
+    def __init__(self, params: VarianceFilterParams):
+        self.p = params
+
+    def __call__(self, batch: pa.RecordBatch, selected=None) -> pa.RecordBatch:
+        keep, reason = _passes_local(batch, self.p)
+        if selected is not None:
+            quota_keys, top_keys = selected
+            keys = batch.column(rows.ROW_KEY).to_numpy()
+            scored = ~np.isnan(batch.column("reward_variance").to_numpy(zero_copy_only=False))
+            src = batch.column(rows.SOURCE).to_pylist()
+            in_quota = _member(keys, quota_keys)
+            in_top = _member(keys, top_keys) if top_keys is not None else np.ones(len(keys), bool)
+            for i in range(batch.num_rows):
+                if not (keep[i] and scored[i]):
+                    continue
+                if src[i] in self.p.source_quotas and not in_quota[i]:
+                    keep[i], reason[i] = False, "over_source_quota"
+                elif not in_top[i]:
+                    keep[i], reason[i] = False, "below_top_k"
+        return with_decisions(strip_stats(batch), keep, reason)
+
+
+def _summarise(batch: pa.RecordBatch) -> dict[str, Any]:
+    rate = batch.column("solve_rate").to_numpy(zero_copy_only=False).astype(float)
+    var = batch.column("reward_variance").to_numpy(zero_copy_only=False).astype(float)
+    out = model_stats(batch)
+    out["solve_rate_histogram"] = histogram(rate, np.linspace(0, 1, 11))
+    out["variance_histogram"] = histogram(var, np.linspace(0, 0.25, 11))
+    out["status"] = dict(Counter(batch.column("variance_status").to_pylist()))
+    out["all_correct"] = int(np.sum(rate >= 1 - 1e-12))
+    out["all_wrong"] = int(np.sum((rate <= 1e-12) & ~np.isnan(rate)))
+    out["rollouts"] = int(np.sum(batch.column("n_rollouts").to_numpy()))
+    return out
+
+
+def _finish(acc: dict[str, Any]) -> dict[str, Any]:
+    acc = dict(acc)
+    acc.setdefault("rows", 0)
+    acc.setdefault("model_calls", 0)
+    acc.setdefault("cache_hits", 0)
+    acc.setdefault("failures_by_kind", {})
+    return acc
+
+
+class VarianceFilter(RowSelector):
+    __doc__ = __doc__
+    type_name = "variance_filter"
+    Params = VarianceFilterParams
+    cost = "model: n calls per problem (cached on disk); CPU: rewards (math-verify)"
+
+    @classmethod
+    def check(cls, params: VarianceFilterParams, recipe: Any) -> list[str]:
+        return check_model_params(params, recipe) if params.uses_model else []
+
+    def make_fn(self) -> BatchFn:
+        return _ScoreVariance(self.params, ModelSession(self.params, self.ctx, self.ctx.name))
+
+    def expand(self, batches):
+        name = self.ctx.name
+        scored = batches | MapBatches(self.make_fn(), name, label=f"{name}/Score")
+        report = (scored | f"{name}/Summarise" >> beam.CombineGlobally(SumSummaries(_summarise, _finish)))
+        if self.params.uses_model:
+            report = report | f"{name}/AddPolicy" >> beam.Map(with_policy_facts, self.params)
+        self.ctx.write_report(report)
+        side = ()
+        if self.params.top_k is not None or self.params.source_quotas:
+            selected = scored | f"{name}/TopCandidates" >> beam.CombineGlobally(_TopCandidates(self.params))
+            side = (beam.pvalue.AsSingleton(selected),)
+        decided = scored | MapBatches(_DecideVariance(self.params), name, *side, label=f"{name}/Decide")
+        return decided | ApplyDecisions(self)
+
