@@ -5,7 +5,7 @@ test and ARC (challenge + easy) over >= 500k general-pool rows.
 
 Prints, each measured in its own subprocess (so each peak RSS is its own):
   1. index size for growing benchmark sets (bytes track the benchmark n-grams);
-  2. the stage's batch function alone over the pool streamed from disk (rows/s; peak RSS after
+  2. the stage's score + decide alone over the pool streamed from disk (rows/s; peak RSS after
      1/7 of the pool and after all of it: flat, so memory does not grow with the pool);
   3. the whole Beam pipeline (ingest -> decontaminate -> shards) against the same pipeline
      without the stage, in the same command: rows/s and the ratio.
@@ -61,14 +61,12 @@ def _recipe(pool: Path, benchmarks: list[dict] | None, out: Path):
                             "stages": stages, "output": {"dir": str(out)}}, base_dir=str(out.parent))
 
 
-def _build_fn(recipe, out: Path):
-    from thresher.core.stage import StageContext
-    from thresher.stages.decontam.decontaminate import Decontaminate, DecontaminateParams
+def _stage(recipe, out: Path):
+    from thresher.core.context import StageContext
+    from thresher.stages.decontam.decontaminate import Decontaminate
 
-    params = DecontaminateParams.model_validate(recipe.stages[0].params)
-    ctx = StageContext(name="decontaminate", type="decontaminate", seed=0, out_dir=str(out),
-                       work_dir=str(out / "_work"), extras={"recipe": recipe})
-    return Decontaminate(params, ctx).build_fn()
+    ctx = StageContext(name="decontaminate", seed=0, out_dir=str(out), work_dir=str(out / "_work"), recipe=recipe)
+    return Decontaminate(recipe.stages[0].params, ctx)
 
 
 def mode_index(args) -> None:
@@ -76,7 +74,9 @@ def mode_index(args) -> None:
     for k in range(1, len(BENCHMARKS) + 1):
         recipe = _recipe(Path(args.pool), BENCHMARKS[:k], out)
         t = time.perf_counter()
-        _, static = _build_fn(recipe, out)
+        stage = _stage(recipe, out)
+        stage.prepare()
+        static = stage.static
         dt = time.perf_counter() - t
         items = sum(static["benchmark_items"].values())
         ix = static["index"]
@@ -86,11 +86,15 @@ def mode_index(args) -> None:
 
 
 def mode_stage(args) -> None:
+    from thresher.core import columns as cols
     from thresher.io.ingest import plan_reads, read_task
 
     out = Path(args.work) / "stage"
     recipe = _recipe(Path(args.pool), BENCHMARKS, out)
-    fn, static = _build_fn(recipe, out)
+    stage = _stage(recipe, out)
+    stage.prepare()  # reads the benchmarks and builds the index, as the driver does
+    stage.setup()
+    static = stage.static
     rss_built = peak_rss_mib()
     tasks, _ = plan_reads(recipe, with_hashes=False)
     n = flagged = 0
@@ -102,10 +106,10 @@ def mode_stage(args) -> None:
             if batch is None:
                 continue
             t = time.perf_counter()
-            res = fn(batch)
+            keep, _ = stage.decide(cols.set_columns(batch, stage.score(batch)))
             busy += time.perf_counter() - t
             n += batch.num_rows
-            flagged += batch.num_rows - sum(res.column("__keep").to_pylist())
+            flagged += batch.num_rows - int(keep.sum())
             if n >= next_mark:
                 checkpoints.append((n, peak_rss_mib()))
                 next_mark = 1 << 62
@@ -119,11 +123,12 @@ def mode_stage(args) -> None:
 
 def mode_pipeline(args) -> None:
     from thresher.engine.build import run_pipeline
+    from thresher.engine.plan import make_plan
 
     out = Path(args.work) / ("pipe_decon" if args.decon else "pipe_base")
     recipe = _recipe(Path(args.pool), BENCHMARKS if args.decon else None, out)
     t = time.perf_counter()
-    res = run_pipeline(recipe)
+    res = run_pipeline(make_plan(recipe))
     dt = time.perf_counter() - t
     n = res.counters.get("read/pool", 0)
     label = "with decontaminate" if args.decon else "baseline (no stage)"
@@ -161,7 +166,7 @@ def main() -> None:
 
         print("1. index size vs benchmark size (pool not involved):")
         print(sub("--mode", "index"), end="")
-        print("2. the stage's batch function alone, pool streamed from disk:")
+        print("2. the stage's score + decide alone, pool streamed from disk:")
         print(sub("--mode", "stage"), end="")
         if not args.skip_pipeline:
             print("3. whole Beam pipeline (FnApiRunner, 1 worker), same pool:")

@@ -92,6 +92,7 @@ def run_thresher(work: Path, k: int, min_tokens: int, workers: int, seed: int) -
     import pyarrow as pa
 
     from thresher.engine.build import run_pipeline
+    from thresher.engine.plan import make_plan
     from thresher.recipe.load import validate_recipe
 
     opts = {"direct_num_workers": workers}
@@ -105,7 +106,7 @@ def run_thresher(work: Path, k: int, min_tokens: int, workers: int, seed: int) -
             "target": [{"name": "math", "paths": [str(work / "target.jsonl")]}]}}],
         "output": {"dir": str(work / "thr_out")}, "runner": {"options": opts}})
     t0 = time.perf_counter()
-    res = run_pipeline(recipe)
+    res = run_pipeline(make_plan(recipe))
     total = time.perf_counter() - t0
     ids = []
     for s in res.shards:
@@ -121,8 +122,8 @@ def kl_reductions(work: Path, selections: dict[str, list[str]]) -> dict[str, dic
     import numpy as np
     from data_selection.hashed_ngram_dsir import get_ngram_counts, wpt
 
-    from thresher.stages.features import ngram_features as nf
-    from thresher.stages.selection.importance_resample import kl_divergence
+    from thresher.stages.selection.dsir import kl_divergence
+    from thresher.text.ngrams import ngram_rows
 
     texts, by_id = [], {}
     for f in sorted(glob.glob(str(work / "pool-*.jsonl"))):
@@ -141,7 +142,7 @@ def kl_reductions(work: Path, selections: dict[str, list[str]]) -> dict[str, dic
     def thr_counts(docs):
         out = np.zeros(10_000)
         for i in range(0, len(docs), 4096):
-            _, b, _ = nf.ngram_rows(docs[i:i + 4096])
+            _, b, _ = ngram_rows(docs[i:i + 4096])
             out += np.bincount(b, minlength=10_000)
         return out
 

@@ -49,6 +49,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 def run_stage(path: Path, out: Path, device: str, batch_size: int) -> tuple[float, dict]:
     from thresher.engine.build import run_pipeline
+    from thresher.engine.plan import make_plan
     from thresher.recipe.load import validate_recipe
 
     recipe = validate_recipe({
@@ -57,7 +58,7 @@ def run_stage(path: Path, out: Path, device: str, batch_size: int) -> tuple[floa
         "output": {"dir": str(out)},
     }, base_dir=str(path.parent))
     t0 = time.perf_counter()
-    res = run_pipeline(recipe)
+    res = run_pipeline(make_plan(recipe))
     return time.perf_counter() - t0, res.counters
 
 
@@ -69,7 +70,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
 
-    from thresher.stages.features.embed import encode_texts, load_model
+    from thresher.models.embeddings import encode_texts, load_model
 
     records = pick_texts(args.texts)
     texts = [r["text"] for r in records]

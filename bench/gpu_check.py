@@ -43,10 +43,10 @@ def main() -> int:
               f"or a CPU-only torch build, torch {torch.__version__}); nothing to check.", file=sys.stderr)
         return 2
     import faiss
+    from embed import pick_texts, write_jsonl
 
-    from embed import pick_texts, run_stage, write_jsonl
     from thresher.models import faiss_index
-    from thresher.stages.features.embed import encode_texts, load_model
+    from thresher.models.embeddings import encode_texts, load_model
 
     print(f"GPU: {torch.cuda.get_device_name(0)}; faiss {faiss.__version__}, GPUs seen by faiss: "
           f"{faiss.get_num_gpus()}")
@@ -70,6 +70,7 @@ def main() -> int:
     plain_s = time.perf_counter() - t0
 
     from thresher.engine.build import run_pipeline
+    from thresher.engine.plan import make_plan
     from thresher.recipe.load import validate_recipe
 
     recipe = validate_recipe({
@@ -79,7 +80,7 @@ def main() -> int:
         "output": {"dir": str(tmp / "out")},
     }, base_dir=str(tmp))
     t0 = time.perf_counter()
-    res = run_pipeline(recipe)
+    res = run_pipeline(make_plan(recipe))
     stage_s = time.perf_counter() - t0
     on_cuda = res.counters.get("embed/device/cuda", 0)
     if on_cuda != len(texts):

@@ -102,8 +102,10 @@ def run_baseline(paths: list[Path], out: Path) -> int:
 
 
 def run_thresher(paths: list[Path], out: Path, workers: int) -> int:
-    from thresher.flows.publish import publish
+    # Imported here, not at the top: the baseline child must not pay for (or measure) them.
     from thresher.engine.build import run_pipeline
+    from thresher.engine.plan import make_plan
+    from thresher.flows.publish import publish
     from thresher.recipe.load import validate_recipe
 
     recipe = validate_recipe({
@@ -113,8 +115,9 @@ def run_thresher(paths: list[Path], out: Path, workers: int) -> int:
         "output": {"dir": str(out)},
         "runner": {"options": {"direct_num_workers": workers} if workers > 1 else {}},
     })
-    res = run_pipeline(recipe)
-    publish(recipe, res)
+    plan = make_plan(recipe)
+    res = run_pipeline(plan)
+    publish(plan, res)
     return sum(s["rows"] for s in res.shards)
 
 

@@ -8,7 +8,7 @@ Documents: ../shared/data/general_pool (73,038 paragraphs, median ~52 words) rep
 * official — `data_selection.hashed_ngram_dsir.get_ngram_counts` (what `HashedNgramDSIR`'s
   featurizer calls: nltk WordPunctTokenizer on the lowercased text, unigrams + bigrams,
   sha256 mod 10,000 into a dense count vector), one document at a time;
-* thresher — the stage's batch function (what each Beam worker runs per record batch):
+* thresher — the stage's `columns()` hook (what each Beam worker runs per record batch):
   `add_feature_columns` over Arrow batches of `--batch-rows`, producing the
   `ngram_buckets`/`ngram_counts`/`n_tokens` columns.
 

@@ -12,10 +12,12 @@ import os
 import tempfile
 import time
 
+from thresher.models.cached_policy import CachedPolicy
+from thresher.models.openai_policy import OpenAIPolicy
+from thresher.models.policy import PolicyParams, Request, SamplingParams
+from thresher.models.rollout_store import RolloutStore
 from thresher.testing import llama_server as local_server
 from thresher.testing.arith import generate
-from thresher.models.policy import CachedPolicy, OpenAIPolicy, PolicyParams, Request, SamplingParams
-from thresher.models.rollout_store import RolloutStore
 
 
 def main() -> None:

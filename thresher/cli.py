@@ -66,7 +66,7 @@ def _fail_recipe(exc: Exception) -> None:
 def _run(recipe_path: str, out: str | None, runner: str | None, sets: dict[str, Any], use_prefect: bool) -> str:
     from thresher.core.errors import RecipeError
     from thresher.engine.build import BadInputError
-    from thresher.flows.curate import plan_recipe, run_plan
+    from thresher.engine.plan import plan_recipe
 
     try:
         plan = plan_recipe(recipe_path, out, runner, sets)  # exit 2 now, before Prefect starts
@@ -78,10 +78,12 @@ def _run(recipe_path: str, out: str | None, runner: str | None, sets: dict[str, 
 
             return curate(recipe_path=os.path.abspath(recipe_path), out=out, runner=runner, overrides=sets,
                           plan=plan)
+        from thresher.flows.local import run_plan
+
         return run_plan(plan)
     except BadInputError as exc:
         err_console.print(f"[bold red]run failed:[/] {exc}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -101,10 +103,11 @@ def run(
 
 @app.command()
 def validate(recipe: str = typer.Argument(..., help="Recipe YAML file."),
-             check_inputs: bool = typer.Option(True, "--inputs/--no-inputs", help="Also check input files exist and parse.")) -> None:
+             check_inputs: bool = typer.Option(True, "--inputs/--no-inputs",
+                                               help="Also check input files exist and parse.")) -> None:
     """Validate a recipe (and its inputs) without running anything. Exit 2 when invalid."""
     from thresher.core.errors import RecipeError
-    from thresher.flows.curate import plan_recipe
+    from thresher.engine.plan import plan_recipe
     from thresher.recipe.load import load_recipe
 
     _setup_logging(False)
@@ -130,7 +133,7 @@ def inspect(out_dir: str = typer.Argument(..., help="A finished run's output dir
         _print_summary(out_dir, sample_rows=rows)
     except FileNotFoundError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -251,7 +254,8 @@ def _print_summary(out_dir: str, sample_rows: int = 0) -> None:
             for k, v in r.items():
                 if k == "source_file" or isinstance(v, (list, dict)) and len(str(v)) > 80:
                     continue  # long feature columns (embeddings, n-gram buckets) say little here
-                console.print(f"  [cyan]{k}[/]: {_short(f'{v:.4g}' if isinstance(v, float) else v, 160)}", soft_wrap=True)
+                shown = _short(f"{v:.4g}" if isinstance(v, float) else v, 160)
+                console.print(f"  [cyan]{k}[/]: {shown}", soft_wrap=True)
 
 
 def _print_quarantine(out_dir: str, m: dict[str, Any], limit: int) -> None:

@@ -45,6 +45,11 @@ def count_by_source(prefix: str, batch: pa.RecordBatch | pa.Table) -> None:
         counter(f"{prefix}/{item['values']}").inc(int(item["counts"]))
 
 
+def stage_counter(stage: str, *parts: str):
+    """The counter `<stage>/<part>/...` (a stage's own counts: model calls, device rows)."""
+    return counter("/".join((stage, *parts)))
+
+
 def stage_in(stage: str) -> str:
     return f"{stage}/in"
 

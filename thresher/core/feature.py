@@ -45,10 +45,12 @@ class FeatureTransform(beam.PTransform):
 
     def expand(self, batches):
         st = self.stage
+        st.prepare()
         out = batches | "Columns" >> beam.ParDo(_Columns(st))
         if overrides(st, "summarise", Feature) or overrides(st, "report", Feature):
-            summary = out | "Summarise" >> beam.CombineGlobally(SumSummaries(st.summarise))
-            report = summary | "Report" >> beam.Map(st.report)
+            light = st.without_worker_state()
+            summary = out | "Summarise" >> beam.CombineGlobally(SumSummaries(light.summarise))
+            report = summary | "Report" >> beam.Map(light.report)
             _ = report | "WriteReport" >> beam.Map(write_report, report_path(st.ctx.work_dir, st.name))
         return out
 

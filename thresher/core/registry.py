@@ -14,6 +14,7 @@ changing the data.
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
 from typing import Any
 
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from thresher.core.errors import validation_problems
 from thresher.core.imports import ImportProblem, import_object
+from thresher.core.stage import Stage
 
 ENTRY_POINT_GROUP = "thresher.stages"
 
@@ -67,8 +69,6 @@ def split_version(type_name: str) -> tuple[str, int | None]:
 
 def stage_class(type_name: str) -> type:
     """The class for a recipe's `type:` (checked to be a usable stage), or `UnknownStage`."""
-    from thresher.core.stage import Stage
-
     name, version = split_version(type_name)
     path = name if ":" in name else available().get(name)
     if path is None:
@@ -82,6 +82,9 @@ def stage_class(type_name: str) -> type:
         raise UnknownStage(f"stage type {name!r} ({path}) is not a thresher stage: subclass "
                            "thresher.core.Selector or thresher.core.Feature")
     problems = cls.contract_problems()
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", cls.type_name or ""):
+        # The name keys counters (`<stage>/dropped/<reason>/<source>`) and report files.
+        problems.append(f"needs a `type_name` of letters, digits, '_', '-' or '.' (got {cls.type_name!r})")
     if problems:
         raise UnknownStage(f"stage type {name!r} ({path}) {'; '.join(problems)}")
     if version is not None and version != cls.version:

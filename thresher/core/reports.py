@@ -11,6 +11,8 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
+from thresher.io.atomic import write_bytes_atomic
+
 
 def add_nested(a: dict, b: dict) -> dict:
     """Merge summaries: numbers and arrays add, lists concatenate, dicts merge key by key."""
@@ -21,6 +23,11 @@ def add_nested(a: dict, b: dict) -> dict:
         elif isinstance(v, list):
             out[k] = out.get(k, []) + v
         elif k in out:
+            if isinstance(v, np.ndarray) and np.shape(out[k]) != v.shape:
+                # NumPy would broadcast and silently give a wrong total.
+                raise ValueError(f"summary key {k!r}: cannot add arrays of shapes {np.shape(out[k])} and "
+                                 f"{v.shape}; a summary array is a fixed-size vector (e.g. bucket counts) — "
+                                 "return a list to concatenate per-row values")
             out[k] = out[k] + v
         else:
             out[k] = v.copy() if isinstance(v, np.ndarray) else v
@@ -52,7 +59,7 @@ class SumSummaries(beam.CombineFn):
 def histogram(values: np.ndarray, edges: np.ndarray) -> dict[str, int]:
     values = values[~np.isnan(values)]
     counts, _ = np.histogram(values, bins=edges)
-    return {f"{lo:.3g}-{hi:.3g}": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], counts)}
+    return {f"{lo:.3g}-{hi:.3g}": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)}
 
 
 def json_default(o: Any) -> Any:
@@ -70,7 +77,5 @@ def report_path(work_dir: str, stage: str) -> str:
 
 
 def write_report(report: dict[str, Any], path: str) -> str:
-    from thresher.io.atomic import write_bytes_atomic
-
     write_bytes_atomic(path, json.dumps(report, indent=2, sort_keys=True, default=json_default).encode())
     return path

@@ -55,7 +55,7 @@ def with_decisions(batch: pa.RecordBatch, keep: Any, reason: Any,
         reasons = pa.array(np.where(keep, None, reason or "unspecified").tolist(), type=pa.string())
     else:
         r = reason.to_pylist() if isinstance(reason, (pa.Array, pa.ChunkedArray)) else list(reason)
-        reasons = pa.array([None if k else x for k, x in zip(keep, r)], type=pa.string())
+        reasons = pa.array([None if k else x for k, x in zip(keep, r, strict=True)], type=pa.string())
     out = out.append_column(KEEP, pa.array(keep, type=pa.bool_()))
     return out.append_column(DROP_REASON, reasons)
 
@@ -88,16 +88,35 @@ class _Score(beam.DoFn):
         yield _columns_out(batch, self.stage.score(batch), "score")
 
 
-class _Decide(beam.DoFn):
-    def __init__(self, stage: Selector, with_side: bool):
-        self.stage = stage
-        self.with_side = with_side
+class _ScoreDecide(beam.DoFn):
+    """A row-local selector's whole per-batch work in one step: one copy of the stage (and of
+    what `prepare()` built) per worker, one DoFn call per batch."""
 
-    def process(self, batch: pa.RecordBatch, *side):
-        out = self.stage.decide(batch, side[0] if side else None) if self.with_side else self.stage.decide(batch)
-        if not isinstance(out, tuple) or len(out) not in (2, 3):
-            raise TypeError(f"{self.stage.name}: decide() must return (keep, reason) or (keep, reason, columns)")
-        yield with_decisions(batch, *out)
+    def __init__(self, stage: Selector):
+        self.stage = stage
+
+    def setup(self) -> None:
+        self.stage.setup()
+
+    def process(self, batch: pa.RecordBatch):
+        batch = _columns_out(batch, self.stage.score(batch), "score")
+        yield with_decisions(batch, *_decision(self.stage, self.stage.decide(batch)))
+
+
+def _decision(stage: Selector, out: Any) -> tuple:
+    if not isinstance(out, tuple) or len(out) not in (2, 3):
+        raise TypeError(f"{stage.name}: decide() must return (keep, reason) or (keep, reason, columns)")
+    return out
+
+
+class _Decide(beam.DoFn):
+    """A global selector's decisions, given its `select` step's result."""
+
+    def __init__(self, stage: Selector):
+        self.stage = stage
+
+    def process(self, batch: pa.RecordBatch, selected):
+        yield with_decisions(batch, *_decision(self.stage, self.stage.decide(batch, selected)))
 
 
 class _Summarise:
@@ -155,21 +174,25 @@ class SelectorTransform(beam.PTransform):
 
     def expand(self, batches):
         st = self.stage
-        scored = batches | "Score" >> beam.ParDo(_Score(st)) if overrides(st, "score", Selector) else batches
+        st.prepare()
+        light = st.without_worker_state()
         side: tuple = ()
-        if overrides(st, "select", Selector):
+        if not overrides(st, "select", Selector):
+            decided = batches | "ScoreDecide" >> beam.ParDo(_ScoreDecide(st))
+        else:
+            scored = batches | "Score" >> beam.ParDo(_Score(st)) if overrides(st, "score", Selector) else batches
             selected = scored | Hook(st.select, label="Select")
             side = (beam.pvalue.AsSingleton(selected),)
-        decided = scored | "Decide" >> beam.ParDo(_Decide(st, bool(side)), *side)
+            decided = scored | "Decide" >> beam.ParDo(_Decide(light), *side)
         if overrides(st, "summarise", Selector) or overrides(st, "report", Selector):
             if overrides(st, "summarise", Selector):
-                summary = decided | "Summarise" >> beam.CombineGlobally(SumSummaries(_Summarise(st)))
+                summary = decided | "Summarise" >> beam.CombineGlobally(SumSummaries(_Summarise(light)))
             else:
                 summary = batches.pipeline | "NoSummary" >> beam.Create([{}])
-            report = summary | "Report" >> beam.Map(_finish_report, st, *side)
+            report = summary | "Report" >> beam.Map(_finish_report, light, *side)
             _ = report | "WriteReport" >> beam.Map(write_report, report_path(st.ctx.work_dir, st.name))
-        res = decided | "Apply" >> beam.ParDo(_Apply(st.name, st.ctx.write_dropped, tuple(st.internal_columns),
-                                                     tuple(st.dropped_only_columns))).with_outputs(DROPPED_TAG, main="kept")
+        apply = _Apply(st.name, st.ctx.write_dropped, tuple(st.internal_columns), tuple(st.dropped_only_columns))
+        res = decided | "Apply" >> beam.ParDo(apply).with_outputs(DROPPED_TAG, main="kept")
         if st.ctx.write_dropped:
             self.dropped = res[DROPPED_TAG]
         return res["kept"]

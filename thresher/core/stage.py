@@ -16,6 +16,7 @@ Class attributes a stage sets:
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import apache_beam as beam
@@ -41,6 +42,10 @@ class Stage:
     Params: ClassVar[type[StageParams]] = StageParams
     cost: ClassVar[str] = ""
     kind: ClassVar[str] = ""  # "selector" | "feature", set by the templates
+    # Attributes `prepare()` sets that only the per-batch work (`score`/`columns`) needs — a
+    # benchmark index, say. The templates ship them once, to the workers that score, and leave
+    # them out of the copies that decide, summarise and report.
+    worker_state: ClassVar[tuple[str, ...]] = ()
     # True only on the framework's template classes (Selector, Feature).
     _template: ClassVar[bool] = False
 
@@ -73,8 +78,19 @@ class Stage:
         'params.key: what is wrong and what to do' lines."""
         return []
 
+    def prepare(self) -> None:
+        """Once, on the driver, when the pipeline is built: read what every worker needs (a
+        benchmark file, say), build it and keep it on `self` — it ships with the stage."""
+
     def setup(self) -> None:
         """Once per worker before the first batch: load models, open clients."""
+
+    def without_worker_state(self) -> Stage:
+        """A shallow copy without the attributes named in `worker_state`."""
+        light = copy.copy(self)
+        for name in self.worker_state:
+            light.__dict__.pop(name, None)
+        return light
 
     def transform(self) -> beam.PTransform:  # pragma: no cover - the templates define it
         raise NotImplementedError
@@ -82,13 +98,6 @@ class Stage:
     @classmethod
     def contract_problems(cls) -> list[str]:
         return [f"subclass thresher.core.Selector or thresher.core.Feature, not {cls.__name__}'s base Stage"]
-
-    # -- helpers for stages ---------------------------------------------------------------
-    def read_sources(self, pipeline: beam.Pipeline, sources: list, label: str) -> beam.PCollection:
-        """Auxiliary sources (a target domain, say) as canonical batches, uncounted."""
-        from thresher.io.ingest import read_side_source
-
-        return read_side_source(pipeline, self.ctx.recipe, sources, label=label)
 
 
 def overrides(stage: Stage, method: str, base: type) -> bool:

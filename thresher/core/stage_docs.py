@@ -14,7 +14,7 @@ def _default(field: Any) -> str:
         return "required"
     value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
-        return "(see below)" if value.model_fields else "{}"
+        return "(see below)" if type(value).model_fields else "{}"
     return repr(value)
 
 

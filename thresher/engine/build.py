@@ -19,8 +19,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+
 from thresher.core import counters as names
 from thresher.engine.plan import RunPlan
+from thresher.io.atomic import sweep_temp_files
+from thresher.io.ingest import ReadSources
+from thresher.io.shards import WriteQuarantine, WriteShards
 
 log = logging.getLogger("thresher.build")
 
@@ -44,8 +50,6 @@ class BadInputError(RuntimeError):
 
 
 def prepare_out_dir(plan: RunPlan) -> None:
-    from thresher.io.atomic import sweep_temp_files
-
     os.makedirs(plan.out_dir, exist_ok=True)
     if os.path.exists(plan.manifest_path):
         os.unlink(plan.manifest_path)  # the directory stops looking complete before any shard changes
@@ -57,11 +61,6 @@ def prepare_out_dir(plan: RunPlan) -> None:
 
 def build(plan: RunPlan, pipeline) -> None:
     """Add the whole curation graph to `pipeline`."""
-    import apache_beam as beam
-
-    from thresher.io.ingest import ReadSources
-    from thresher.io.shards import WriteQuarantine, WriteShards
-
     recipe, out = plan.recipe, plan.recipe.output
     batches, quarantine = pipeline | ReadSources(plan.tasks, recipe.batch_rows)
     dropped = []
@@ -84,8 +83,6 @@ def build(plan: RunPlan, pipeline) -> None:
 
 def run_pipeline(plan: RunPlan) -> RunResult:
     """Run the plan's Beam pipeline to completion and collect its results."""
-    import apache_beam as beam
-
     prepare_out_dir(plan)
     t0 = time.perf_counter()
     pipeline = beam.Pipeline(options=plan.pipeline_options())
@@ -107,8 +104,6 @@ def run_pipeline(plan: RunPlan) -> RunResult:
 
 
 def _counters(result) -> dict[str, int]:
-    from apache_beam.metrics.metric import MetricsFilter
-
     out: dict[str, int] = {}
     for c in result.metrics().query(MetricsFilter().with_namespace(names.METRICS_NAMESPACE))["counters"]:
         value = c.committed if c.committed is not None else c.attempted

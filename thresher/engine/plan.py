@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from thresher.core.context import StageContext
 from thresher.core.errors import RecipeError
-from thresher.core.registry import make_stage
+from thresher.core.registry import make_stage, split_version, stage_class
+from thresher.io.ingest import InputError, plan_reads
+from thresher.io.shards import auto_partitions
+from thresher.recipe.load import load_recipe
 from thresher.recipe.schema import Recipe
 
 WORK_DIR = "_work"
@@ -79,12 +82,27 @@ def resolve_runner(recipe: Recipe, runner: str | None = None) -> tuple[str, dict
     return name, opts
 
 
+def stage_name(spec: Any) -> str:
+    """A stage's name in counters and reports: `name:`, else its type without `@version`; a
+    plugin named by import path (`pkg.mod:Class`) goes by its class's `type_name`."""
+    if spec.name:
+        return spec.name
+    base, _ = split_version(spec.type)
+    return stage_class(spec.type).type_name or base.rpartition(":")[2] if ":" in base else base
+
+
+def plan_recipe(recipe_path: str, out: str | None = None, runner: str | None = None,
+                overrides: dict[str, Any] | None = None, with_hashes: bool = True) -> RunPlan:
+    """Load, validate and resolve a recipe file (raises `RecipeError`)."""
+    merged = dict(overrides or {})
+    if out:
+        merged["output.dir"] = os.path.abspath(out)
+    return make_plan(load_recipe(recipe_path, merged), runner=runner, with_hashes=with_hashes)
+
+
 def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = None,
               with_hashes: bool = True) -> RunPlan:
     """Resolve `recipe` into a plan, or raise one `RecipeError` listing every problem."""
-    from thresher.io.ingest import InputError, plan_reads
-    from thresher.io.shards import auto_partitions
-
     out = os.path.abspath(out_dir or recipe.out_dir)
     problems: list[str] = []
     tasks: list[Any] = []
@@ -95,12 +113,15 @@ def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = N
         problems += exc.problems
     stages = []
     for i, spec in enumerate(recipe.stages):
-        ctx = StageContext(name=spec.name or spec.type, seed=recipe.seed, out_dir=out,
+        ctx = StageContext(name=stage_name(spec), seed=recipe.seed, out_dir=out,
                            work_dir=os.path.join(out, WORK_DIR), recipe=recipe, index=i,
                            write_dropped=recipe.output.write_dropped)
         stage = make_stage(spec, ctx)
         problems += [f"stages.{i}.{p}" for p in stage.check()]
         stages.append(stage)
+    names = [s.name for s in stages]
+    problems += [f"stages: two stages are named {n!r}; give one a `name:`" for n in sorted(set(names))
+                 if names.count(n) > 1]
     if problems:
         raise RecipeError(problems, "recipe")
     name, opts = resolve_runner(recipe, runner)

@@ -15,30 +15,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from thresher.engine.plan import RunPlan, make_plan
-from thresher.recipe.load import load_recipe
-
-
-def plan_recipe(recipe_path: str, out: str | None = None, runner: str | None = None,
-                overrides: dict[str, Any] | None = None, with_hashes: bool = True) -> RunPlan:
-    """Load, validate and resolve a recipe file (raises `RecipeError`)."""
-    merged = dict(overrides or {})
-    if out:
-        merged["output.dir"] = os.path.abspath(out)
-    return make_plan(load_recipe(recipe_path, merged), runner=runner, with_hashes=with_hashes)
+from thresher.engine.build import run_pipeline
+from thresher.engine.plan import RunPlan, plan_recipe
+from thresher.flows.publish import publish
 
 
 @task(name="plan-run")
 def plan_task(recipe_path: str, out: str | None, runner: str | None, overrides: dict[str, Any] | None) -> RunPlan:
-    plan = plan_recipe(recipe_path, out, runner, overrides)
-    get_run_logger().info("recipe %s is valid (sha256 %s)", recipe_path, plan.recipe.hash()[:12])
-    return plan
+    return plan_recipe(recipe_path, out, runner, overrides)
 
 
 @task(name="run-beam-pipeline")
 def run_beam(plan: RunPlan):
-    from thresher.engine.build import run_pipeline
-
     log = get_run_logger()
     log.info("running %d source(s) through %d stage(s) into %s", len(plan.recipe.sources), len(plan.stages),
              plan.out_dir)
@@ -50,8 +38,6 @@ def run_beam(plan: RunPlan):
 # Publishing touches only the local/remote filesystem; retries cover a flaky mount.
 @task(name="publish-manifest", retries=3, retry_delay_seconds=2)
 def publish_manifest(plan: RunPlan, run) -> str:
-    from thresher.flows.publish import publish
-
     path = publish(plan, run)
     get_run_logger().info("manifest written: %s", path)
     return path
@@ -61,18 +47,12 @@ def publish_manifest(plan: RunPlan, run) -> str:
 def curate(recipe_path: str, out: str | None = None, runner: str | None = None,
            overrides: dict[str, Any] | None = None, plan: RunPlan | None = None) -> str:
     """Curate a corpus as the recipe says; returns the manifest path."""
-    if plan is None:
+    if plan is None:  # a deployment's run: only the recipe path comes in
         plan = plan_task(recipe_path, out, runner, overrides)
+    get_run_logger().info("recipe %s is valid (sha256 %s): %d input file(s), %d stage(s) -> %s", recipe_path,
+                          plan.recipe.hash()[:12], len(plan.inputs), len(plan.stages), plan.out_dir)
     run = run_beam(plan)
     return publish_manifest(plan, run)
-
-
-def run_plan(plan: RunPlan) -> str:
-    """The same steps as `curate`, as plain calls (no Prefect API at all)."""
-    from thresher.engine.build import run_pipeline
-    from thresher.flows.publish import publish
-
-    return publish(plan, run_pipeline(plan))
 
 
 def serve(recipe_path: str, cron: str | None = None, interval: float | None = None,

@@ -16,11 +16,11 @@ import shutil
 from typing import Any
 
 import thresher
-from thresher.load import read_shard
 from thresher.core import counters as names
 from thresher.engine.build import RunResult
 from thresher.engine.plan import RunPlan
 from thresher.io.atomic import write_bytes_atomic
+from thresher.load import read_shard
 
 MANIFEST_FORMAT = "thresher-manifest/1"
 
@@ -30,7 +30,7 @@ def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
     by_source = names.per_source(run.counters, plan.source_names, plan.stage_names)
     totals = {k: sum(v[k] for v in by_source.values()) for k in ("read", "quarantined", "written")}
     stages: dict[str, Any] = {}
-    for spec, stage in zip(recipe.stages, plan.stages):
+    for spec, stage in zip(recipe.stages, plan.stages, strict=True):
         stages[stage.name] = {
             "type": spec.type,
             "version": stage.version,

@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from thresher.io.atomic import write_atomic, write_bytes_atomic
-from thresher.core.stage import count_by_source
 from thresher.core import rows
+from thresher.core.counters import count_by_source
+from thresher.io.atomic import write_atomic, write_bytes_atomic
 
 ORDER = "__order"
 
@@ -124,7 +124,8 @@ def _cast(col: pa.ChunkedArray, t: pa.DataType) -> pa.ChunkedArray:
         return pc.cast(col, t)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         if pa.types.is_string(t):
-            return pa.chunked_array([pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v, default=str))
+            return pa.chunked_array([pa.array([None if v is None else (v if isinstance(v, str)
+                                                                       else json.dumps(v, default=str))
                                                for v in col.to_pylist()], pa.string())])
         raise
 

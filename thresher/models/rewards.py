@@ -18,11 +18,12 @@ text after the last `####`, the text after the last "The answer is"/"Final answe
 
 from __future__ import annotations
 
-import importlib
 import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from thresher.core.imports import ImportProblem, import_object
 
 Reward = Callable[[str, str], float]
 
@@ -96,7 +97,7 @@ def normalize_answer(s: str) -> str:
 
 
 def _math_verify_equal(pred: str, ref: str) -> bool:
-    from math_verify import parse, verify
+    from math_verify import parse, verify  # pulls in sympy (~1 s): only when a reward needs it
 
     # math-verify's timeouts use signal.alarm, which only works in the main thread; Beam runs
     # DoFns in worker threads, where the timeout is switched off (answers are short).
@@ -146,17 +147,7 @@ def make_reward(spec: str, last_number: bool = True) -> Reward:
     """Build a reward from its recipe name or a `module:function` import path."""
     if spec in BUILTIN:
         return AnswerReward(spec, last_number)
-    return import_object(spec)
-
-
-def import_object(path: str):
-    module, sep, attr = path.partition(":")
-    if not sep or not attr:
-        raise ValueError(f"expected 'module.path:name', got {path!r}")
-    obj = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return import_object(spec, "reward")
 
 
 def check_reward(spec: str) -> str | None:
@@ -164,9 +155,11 @@ def check_reward(spec: str) -> str | None:
     if spec in BUILTIN:
         return None
     try:
-        fn = import_object(spec)
-    except Exception as exc:
-        return f"cannot import reward {spec!r}: {exc}"
+        fn = import_object(spec, "reward")
+    except ImportProblem as exc:
+        return f"{exc} (or one of the built-in rewards: {', '.join(BUILTIN)})"
+    except Exception as exc:  # the user's module failed while importing
+        return f"reward {spec!r}: importing it failed: {type(exc).__name__}: {exc}"
     if not callable(fn):
         return f"reward {spec!r} is not callable"
     return None

@@ -106,7 +106,7 @@ class Source(_Model):
         return v
 
     @model_validator(mode="after")
-    def _text_choice(self) -> "Source":
+    def _text_choice(self) -> Source:
         if self.text_template is not None:
             self.text_field = None
         elif not self.text_field:
@@ -177,7 +177,7 @@ class Output(_Model):
     )
 
     @model_validator(mode="after")
-    def _sorted_needs_key(self) -> "Output":
+    def _sorted_needs_key(self) -> Output:
         if self.order == "sorted" and not self.sort_by:
             raise ValueError("order: sorted needs `sort_by`")
         return self
@@ -215,7 +215,7 @@ class Recipe(_Model):
     )
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Recipe":
+    def _unique_names(self) -> Recipe:
         names = [s.name for s in self.sources]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -15,6 +15,7 @@ adding a level does not change the others).
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 from collections.abc import Callable
@@ -47,8 +48,6 @@ _MAKERS: dict[int, Callable[[random.Random], str]] = {1: _level1, 2: _level2, 3:
 
 def evaluate(expression: str) -> int:
     """Exact value of an expression made only of integers, + - * and parentheses."""
-    import ast
-
     def ev(node: ast.AST) -> int:
         if isinstance(node, ast.Expression):
             return ev(node.body)

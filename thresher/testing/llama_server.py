@@ -65,8 +65,8 @@ class LlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> "LlamaServer":
-        import httpx
+    def __enter__(self) -> LlamaServer:
+        import httpx  # only a caller that starts the server pays for the HTTP client
 
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", self.model, "--host", "127.0.0.1",
                "--port", str(self.port), "--n_ctx", str(self.n_ctx)]

@@ -4,13 +4,14 @@ Normalisation (the same for pool rows and benchmark items): lowercase; apostroph
 "Janet's", "Janet’s" and "Janets" agree); every other run of characters that are not letters
 or digits becomes one space. Words are the space-separated pieces.
 
-Hashing: each distinct word of a batch is hashed once with xxh3-64 (stable across processes,
-unlike `hash()`); the k-gram starting at word i is the polynomial sum_j h[i+j] * B^j mod 2^64,
-computed for every i at once from prefix sums (B is odd, so it is invertible mod 2^64), then
-mixed with k and finalised with splitmix64. That is O(words) NumPy work per gram length — no
-per-n-gram Python. Written here rather than taken from a library because the libraries we
-looked at (nltk's `ngrams`, datasketch, NeMo Curator's Python loop) build one Python object per
-n-gram, which is ~100x slower than this.
+Hashing is thresher's shared n-gram hasher (`thresher.text.hashing`): each distinct word of a
+batch is hashed once (vectorised over its code points), and the k-grams at every word position
+are k - 1 vectorised folding passes over those hashes; the shorter orders on the way give the
+prefixes and whole short segments the lookup needs, at no extra pass. O(words x n) NumPy work
+per batch — no per-n-gram Python. Written here rather than taken from a library because the
+libraries we looked at (nltk's `ngrams`, datasketch, NeMo Curator's Python loop) build one
+Python object per n-gram, which is ~100x slower than this. The hash values are internal: only
+which n-grams are equal matters (matches, scores and audit spans).
 
 The index is a sorted uint64 array of the benchmark's distinct grams with CSR postings
 (gram -> benchmark segments), plus a bitset over the top bits of the hashes that rejects almost
@@ -25,12 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
+
+from thresher.core.columns import find_sorted, member
+from thresher.text.hashing import orders, string_hashes, window_hashes
 
 _U64 = np.uint64
-_B = _U64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2^64
-_B_INV = _U64(pow(int(_B), -1, 1 << 64))
-_K_MIX = 0xD6E8FEB86659FD93
 
 _APOSTROPHES = r"['’‘`´]"
 _NON_WORD = r"[^\p{L}\p{N}]+"
@@ -55,7 +55,6 @@ class Words:
     hashes: np.ndarray  # uint64, one per word
     offsets: np.ndarray  # int64, n_rows + 1
     flat: pa.Array  # the words themselves (for audit spans)
-    _prefix: np.ndarray | None = field(default=None, repr=False)
     _room: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -68,16 +67,6 @@ class Words:
 
     def row_of(self, positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets, positions, side="right") - 1
-
-    def prefix(self) -> np.ndarray:
-        """P[i] = sum_{t<i} h[t] * B^t (mod 2^64)."""
-        if self._prefix is None:
-            w = len(self.hashes)
-            pw, _ = _powers(w)
-            p = np.zeros(w + 1, _U64)
-            np.cumsum(self.hashes * pw[:w], out=p[1:])
-            self._prefix = p
-        return self._prefix
 
     def room(self) -> np.ndarray:
         """Words from each position to the end of its row."""
@@ -103,50 +92,26 @@ def split_words(texts: pa.Array | pa.ChunkedArray) -> Words:
     if len(flat) == 0:
         return Words(np.zeros(0, _U64), offsets, flat)
     enc = pc.dictionary_encode(flat)
-    vocab = enc.dictionary.cast(pa.binary()).to_pylist()  # bytes: no decode/encode round trip
-    vocab_h = np.fromiter((xxhash.xxh3_64_intdigest(w) for w in vocab), _U64, count=len(vocab))
-    return Words(vocab_h[enc.indices.to_numpy(zero_copy_only=False)], offsets, flat)
-
-
-_POW_CACHE: list[np.ndarray] = [np.ones(1, _U64), np.ones(1, _U64)]
-
-
-def _powers(w: int) -> tuple[np.ndarray, np.ndarray]:
-    """(B^i, B^-i) for i < w+1, cached and grown by doubling."""
-    pw, ipw = _POW_CACHE
-    if len(pw) < w + 1:
-        size = max(w + 1, 2 * len(pw), 1 << 16)
-        pw = np.empty(size, _U64)
-        ipw = np.empty(size, _U64)
-        pw[0] = ipw[0] = 1
-        np.cumprod(np.full(size - 1, _B, _U64), out=pw[1:])
-        np.cumprod(np.full(size - 1, _B_INV, _U64), out=ipw[1:])
-        _POW_CACHE[:] = [pw, ipw]
-    return pw, ipw
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads the polynomial's low-bit structure over all 64 bits."""
-    x = x ^ (x >> _U64(30))
-    x = x * _U64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> _U64(27))
-    x = x * _U64(0x94D049BB133111EB)
-    return x ^ (x >> _U64(31))
+    return Words(string_hashes(enc.dictionary)[enc.indices.to_numpy(zero_copy_only=False)], offsets, flat)
 
 
 def grams_at(words: Words, starts: np.ndarray, k: int) -> np.ndarray:
     """Hashes of the k-grams starting at the given (flat) word positions."""
-    if len(starts) == 0:
-        return np.zeros(0, _U64)
-    p = words.prefix()
-    _, ipw = _powers(len(words.hashes))
-    g = (p[starts + k] - p[starts]) * ipw[starts]
-    return _mix(g ^ _U64((k * _K_MIX) & 0xFFFFFFFFFFFFFFFF))
+    return window_hashes(words.hashes, starts, k)
 
 
 def gram_starts(words: Words, k: int) -> np.ndarray:
     """Flat positions where a k-gram starts without crossing a row boundary."""
     return np.flatnonzero(words.room() >= k)
+
+
+def all_grams(words: Words, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, hashes) of every k-gram inside a row."""
+    starts = gram_starts(words, k)
+    for m, g in orders(words.hashes, k):
+        if m == k:
+            return starts, g[starts]
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,9 +147,7 @@ class NgramIndex:
             return np.zeros(len(h), bool), np.zeros(0, np.int64)
         slot = h >> _U64(64 - self.filter_bits)
         maybe = np.flatnonzero((self.bitset[slot >> _U64(3)] >> (slot & _U64(7)).astype(np.uint8)) & 1)
-        hm = h[maybe]
-        pos = np.minimum(np.searchsorted(self.keys, hm), len(self.keys) - 1)
-        hit = self.keys[pos] == hm
+        hit, pos = find_sorted(h[maybe], self.keys)
         mask = np.zeros(len(h), bool)
         mask[maybe[hit]] = True
         return mask, pos[hit]
@@ -194,8 +157,8 @@ def _segment_grams(texts: list[str], n: int, min_words: int):
     """(distinct (gram, segment) pairs, short-segment prefixes, short lengths) of some segments."""
     words = split_words(pa.array(texts, pa.string()))
     lengths = words.lengths
-    starts = gram_starts(words, n)
-    hashes = [grams_at(words, starts, n)]
+    starts, grams = all_grams(words, n)
+    hashes = [grams]
     segs = [words.row_of(starts)]
     short = np.flatnonzero((lengths >= min_words) & (lengths < n))
     short_lengths = [int(k) for k in np.unique(lengths[short])]
@@ -279,18 +242,25 @@ class Matches:
 
 def lookup(index: NgramIndex, words: Words) -> Matches:
     empty = np.zeros(0, np.int64)
-    pos_parts, key_parts, len_parts = [], [], []
-    candidates = np.zeros(0, np.int64)
-    if index.short_lengths:
-        starts = gram_starts(words, index.min_words)
-        pre = grams_at(words, starts, index.min_words)
-        pos = np.minimum(np.searchsorted(index.short_prefixes, pre), len(index.short_prefixes) - 1)
-        candidates = starts[index.short_prefixes[pos] == pre]
     room = words.room()
+    # One fold over every word position gives the k-grams for k = 1..n; the prefix length and
+    # the short-segment lengths (all < n) are read off on the way to n.
+    short = set(index.short_lengths)
+    hits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    candidates = np.zeros(0, np.int64)
+    for k, g in orders(words.hashes, index.n):
+        if short and k == index.min_words:
+            # The few places where a whole short segment could start.
+            starts = gram_starts(words, k)
+            candidates = starts[member(g[starts], index.short_prefixes)]
+        if k == index.n or k in short:
+            starts = gram_starts(words, k) if k == index.n else candidates[room[candidates] >= k]
+            hit, keypos = index.contains(g[starts])
+            hits[k] = (starts[hit], keypos)
+    pos_parts, key_parts, len_parts = [], [], []
     for k in (index.n, *index.short_lengths):
-        starts = gram_starts(words, k) if k == index.n else candidates[room[candidates] >= k]
-        hit, keypos = index.contains(grams_at(words, starts, k))
-        pos_parts.append(starts[hit])
+        starts, keypos = hits[k]
+        pos_parts.append(starts)
         key_parts.append(keypos)
         len_parts.append(np.full(len(keypos), k, np.int64))
     pos = np.concatenate(pos_parts) if pos_parts else empty

@@ -97,5 +97,5 @@ class ExactDedup(Selector):
     def decide(self, batch, losers):
         loser_keys, winners = losers
         dup, pos = find_sorted(batch.column(rows.ROW_KEY).to_numpy(), loser_keys)
-        dup_of = pa.array([winners[p] if d else None for p, d in zip(pos, dup)], pa.string())
+        dup_of = pa.array([winners[p] if d else None for p, d in zip(pos, dup, strict=True)], pa.string())
         return ~dup, "duplicate", {DUPLICATE_OF: dup_of}

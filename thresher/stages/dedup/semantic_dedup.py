@@ -38,9 +38,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from thresher.core.stage import BatchFn, MapBatches, Stage, StageParams
-from thresher.core import rows
-from thresher.core.selector import ApplyDecisions, with_decisions
+from thresher.core import Selector, StageParams, rows
+from thresher.core.columns import find_sorted, strings
+from thresher.core.registry import UnknownStage, stage_class
+from thresher.io.shards import order_keys
+from thresher.models import faiss_index
+from thresher.models.embeddings import to_numpy
+from thresher.stages.features.embed import Embed
 
 DROP_REASON = "near_duplicate"
 DUP_OF = "semdup_of"
@@ -71,8 +75,6 @@ def _normalised(v: np.ndarray) -> np.ndarray:
 
 
 def _batch_vectors(batch: pa.RecordBatch, column: str, stage: str) -> np.ndarray:
-    from thresher.stages.features.embed import to_numpy
-
     idx = batch.schema.get_field_index(column)
     if idx < 0:
         raise KeyError(f"{stage}: no {column!r} column in the batch; put an `embed` stage (with "
@@ -101,8 +103,6 @@ class _Sample(beam.CombineFn):
         return acc
 
     def add_input(self, acc, batch: pa.RecordBatch):
-        from thresher.io.shards import order_keys
-
         v = _batch_vectors(batch, self.column, self.stage)
         acc[0] += batch.num_rows
         acc[1] = np.concatenate([acc[1], order_keys(batch.column(rows.ID).to_pylist(), self.seed)])
@@ -124,12 +124,6 @@ class _Sample(beam.CombineFn):
 
 
 def _train_kmeans(sample: dict[str, Any], params: SemanticDedupParams, seed: int) -> dict[str, Any]:
-    from thresher.models.faiss_index import faiss_module
-
-    faiss = faiss_module()
-
-    from thresher.models.faiss_index import gpu_available
-
     n, x = sample["rows"], sample["vectors"]
     if not n or x is None:
         return {"rows": 0, "k": 0, "train_rows": 0, "centroids": np.zeros((0, 0), np.float32)}
@@ -138,8 +132,9 @@ def _train_kmeans(sample: dict[str, Any], params: SemanticDedupParams, seed: int
     if k == 1:
         centroids = _normalised(x.mean(axis=0, keepdims=True))
     else:
+        faiss = faiss_index.faiss_module()
         km = faiss.Kmeans(x.shape[1], k, niter=params.kmeans_iters, seed=seed, spherical=True,
-                          gpu=gpu_available(), min_points_per_centroid=1, verbose=False)
+                          gpu=faiss_index.gpu_available(), min_points_per_centroid=1, verbose=False)
         km.train(np.ascontiguousarray(x, dtype=np.float32))
         centroids = km.centroids
     return {"rows": n, "k": k, "train_rows": len(x), "centroids": np.asarray(centroids, np.float32)}
@@ -161,7 +156,7 @@ class _Assign(beam.DoFn):
         cluster = sims.argmax(axis=1)
         to_centroid = sims[np.arange(len(v)), cluster]
         keys = batch.column(rows.ROW_KEY).to_numpy()
-        ids = np.asarray(batch.column(rows.ID).to_pylist(), dtype=object)
+        ids = strings(batch, rows.ID)
         for c in np.unique(cluster):
             m = cluster == c
             yield int(c), (keys[m], ids[m], v[m], to_centroid[m])
@@ -215,7 +210,7 @@ def greedy_dedup(vectors: np.ndarray, threshold: float, block: int = _BLOCK):
     return keep, best, at
 
 
-def _dedup_cluster(element, threshold: float, keep_rule: str):
+def dedup_cluster(element, threshold: float, keep_rule: str):
     """One cluster -> (row keys, similarity, duplicate-of id or None), for rows with an earlier kept row."""
     _, parts = element
     parts = list(parts)
@@ -251,84 +246,70 @@ def _merge_decisions(acc: list[dict]) -> dict:
             "nonempty_clusters": len(sizes), "largest_cluster": max(sizes, default=0)}
 
 
-# ---------------------------------------------------------------------------------------
-# Pass 3: decide each batch
+def _selected(decisions: dict[str, Any], kmeans: dict[str, Any]) -> dict[str, Any]:
+    """The decisions plus what the report says about k-means (the centroids stay behind)."""
+    return {**decisions, "rows": kmeans["rows"], "clusters": kmeans["k"], "kmeans_train_rows": kmeans["train_rows"]}
 
 
-class _Decide(BatchFn):
-    def __call__(self, batch: pa.RecordBatch, decisions) -> pa.RecordBatch:
-        keys = batch.column(rows.ROW_KEY).to_numpy()
-        known = decisions["keys"]
-        n = len(keys)
-        if len(known):
-            pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
-            hit = known[pos] == keys
-        else:
-            pos, hit = np.zeros(n, np.int64), np.zeros(n, bool)
-        dup_of = [decisions["dup_of"][p] if h else None for p, h in zip(pos, hit)]
-        sim = pa.array(np.where(hit, decisions["sim"][pos] if len(known) else 0, 0).astype(np.float32),
-                       mask=~hit)
-        keep = np.array([d is None for d in dup_of], bool)
-        return with_decisions(batch, keep, DROP_REASON,
-                              {DUP_OF: pa.array(dup_of, pa.string()), SIMILARITY: sim})
-
-
-def _report(decisions: dict[str, Any], kmeans: dict[str, Any], params: SemanticDedupParams, seed: int):
-    return {
-        "rows": kmeans["rows"], "clusters": kmeans["k"], "kmeans_train_rows": kmeans["train_rows"],
-        "nonempty_clusters": decisions["nonempty_clusters"], "largest_cluster": decisions["largest_cluster"],
-        "dropped": decisions["dropped"], "eps": params.eps, "threshold": 1.0 - params.eps,
-        "keep": params.keep, "seed": seed, "artifacts": [],
-    }
-
-
-class SemanticDedup(Stage):
+class SemanticDedup(Selector):
     __doc__ = __doc__
     type_name = "semantic_dedup"
     Params = SemanticDedupParams
     cost = "k-means on a sample + one shuffle of (key, id, vector) by cluster; O(cluster size^2) dot products"
+    # `semdup_of` only means something on dropped rows (it travels to dropped/).
+    dropped_only_columns = (DUP_OF,)
 
-    @classmethod
-    def check(cls, params: SemanticDedupParams, recipe: Any) -> list[str]:
+    def check(self) -> list[str]:
         """The embedding column must come from an `embed` stage placed before this one."""
-        from thresher.models.faiss_index import faiss_problem
-        from thresher.core.registry import build_params
-
-        if faiss_problem():
-            return [f"semantic_dedup: {faiss_problem()}"]
-
+        p = self.params
+        if faiss_index.faiss_problem():
+            return [f"semantic_dedup: {faiss_index.faiss_problem()}"]
         columns: list[str] = []
-        for spec in recipe.stages:
-            if spec.type == "embed":
-                columns.append(build_params(spec)[1].column)
-            elif spec.type == cls.type_name and cls.Params.model_validate(spec.params) == params:
-                break
-        if params.column in columns:
+        for spec in self.ctx.earlier_stages():
+            try:
+                cls = stage_class(spec.type)
+            except UnknownStage:
+                continue  # reported by the recipe's own validation
+            if issubclass(cls, Embed):
+                columns.append(cls.Params.model_validate(spec.params).column)
+        if p.column in columns:
             return []
-        return [f"params.column: semantic_dedup needs the embedding column {params.column!r}, which no "
-                f"`embed` stage before it writes; add `- type: embed` (params.column: {params.column}) "
+        return [f"params.column: semantic_dedup needs the embedding column {p.column!r}, which no "
+                f"`embed` stage before it writes; add `- type: embed` (params.column: {p.column}) "
                 "earlier in `stages`"]
 
-    def expand(self, batches):
-        name, p, seed = self.ctx.name, self.params, self.ctx.seed
+    def select(self, batches):
+        p, seed = self.params, self.ctx.seed
         kmeans = (
             batches
-            | f"{name}/Sample" >> beam.CombineGlobally(_Sample(p.column, p.kmeans_sample, seed, name))
-            | f"{name}/KMeans" >> beam.Map(_train_kmeans, p, seed)
+            | "Sample" >> beam.CombineGlobally(_Sample(p.column, p.kmeans_sample, seed, self.name))
+            | "KMeans" >> beam.Map(_train_kmeans, p, seed)
         )
-        decisions = (
+        return (
             batches
-            | f"{name}/Assign" >> beam.ParDo(_Assign(p.column, name), beam.pvalue.AsSingleton(kmeans))
-            | f"{name}/GroupByCluster" >> beam.GroupByKey()
-            | f"{name}/DedupClusters" >> beam.FlatMap(_dedup_cluster, 1.0 - p.eps, p.keep)
-            | f"{name}/Gather" >> beam.combiners.ToList()
-            | f"{name}/Merge" >> beam.Map(_merge_decisions)
+            | "Assign" >> beam.ParDo(_Assign(p.column, self.name), beam.pvalue.AsSingleton(kmeans))
+            | "GroupByCluster" >> beam.GroupByKey()
+            | "DedupClusters" >> beam.FlatMap(dedup_cluster, 1.0 - p.eps, p.keep)
+            | "Gather" >> beam.combiners.ToList()
+            | "Merge" >> beam.Map(_merge_decisions)
+            | "WithKMeans" >> beam.Map(_selected, beam.pvalue.AsSingleton(kmeans))
         )
-        report = decisions | f"{name}/Report" >> beam.Map(
-            _report, beam.pvalue.AsSingleton(kmeans), p, seed)
-        self.ctx.write_report(report)
-        decided = batches | MapBatches(_Decide(), name, beam.pvalue.AsSingleton(decisions))
-        kept = decided | ApplyDecisions(self)
-        # `semdup_of` only means something on dropped rows (it travels to dropped/).
-        return kept | f"{name}/DropColumn" >> beam.Map(
-            lambda b: b.drop_columns([DUP_OF]) if DUP_OF in b.schema.names else b)
+
+    def decide(self, batch: pa.RecordBatch, decisions: dict[str, Any]):
+        known = decisions["keys"]
+        hit, pos = find_sorted(batch.column(rows.ROW_KEY).to_numpy(), known)
+        dup_of = [decisions["dup_of"][p] if h else None for p, h in zip(pos, hit, strict=True)]
+        # Rows with no earlier kept row in their cluster: similarity null (its slot holds 0).
+        sim = pa.array(np.where(hit, decisions["sim"][pos] if len(known) else 0, 0).astype(np.float32), mask=~hit)
+        keep = np.array([d is None for d in dup_of], bool)
+        return keep, DROP_REASON, {DUP_OF: pa.array(dup_of, pa.string()), SIMILARITY: sim}
+
+    def report(self, summary: dict[str, Any], decisions: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        return {
+            "rows": decisions["rows"], "clusters": decisions["clusters"],
+            "kmeans_train_rows": decisions["kmeans_train_rows"],
+            "nonempty_clusters": decisions["nonempty_clusters"], "largest_cluster": decisions["largest_cluster"],
+            "dropped": decisions["dropped"], "eps": p.eps, "threshold": 1.0 - p.eps,
+            "keep": p.keep, "seed": self.ctx.seed, "artifacts": [],
+        }

@@ -30,14 +30,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from thresher.core.stage import BatchFn, MapBatches
 from thresher.core import rows
-from thresher.core.selector import ApplyDecisions, RowSelector, with_decisions
-from thresher.models.session import (
-    ModelSelectorParams, ModelSession, SumSummaries, answers_of, append_columns, check_model_params,
-    histogram, model_stats, stat_columns, strip_stats, with_policy_facts,
-)
-from thresher.models.policy import BUDGET, Request
+from thresher.core.columns import member, numpy, strings
+from thresher.core.reports import histogram
+from thresher.models.policy import Request
+from thresher.stages.selection.model_selector import CallTally, ModelSelector, ModelSelectorParams, answers_of
 
 SCORED = "scored"
 
@@ -64,7 +61,7 @@ class VarianceFilterParams(ModelSelectorParams):
                                              "text) instead of calling a model.")
 
     @model_validator(mode="after")
-    def _band(self) -> "VarianceFilterParams":
+    def _band(self) -> VarianceFilterParams:
         if self.solve_rate_band is not None:
             lo, hi = self.solve_rate_band
             if not 0 <= lo <= hi <= 1:
@@ -107,82 +104,11 @@ def values_at(batch: pa.RecordBatch, paths: list[str]) -> list[list[Any]]:
     return out
 
 
-class _ScoreVariance(BatchFn):
-    """Rewards per problem -> solve rate, population variance, status (no decision yet)."""
 
-    def __init__(self, params: VarianceFilterParams, session: ModelSession):
-        self.p = params
-        self.s = session
-
-    def setup(self) -> None:
-        self.s.open(with_policy=self.p.uses_model)  # precomputed rewards need no model
-
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        p = self.p
-        n_rows = batch.num_rows
-        texts: list[list[str | None]] = [[] for _ in range(n_rows)]
-        fails = [Counter() for _ in range(n_rows)]
-        calls = [0] * n_rows
-        hits = [0] * n_rows
-        refs = None
-        if p.precomputed_rewards:
-            rewards = [[float(x) for x in r if isinstance(x, (bool, int, float))]
-                       for r in values_at(batch, p.precomputed_rewards)]
-        else:
-            refs = answers_of(batch, p.answer_field)
-            if p.precomputed_responses:
-                texts = [[t for t in r if isinstance(t, str)] for r in values_at(batch, p.precomputed_responses)]
-            else:
-                problems = batch.column(rows.TEXT).to_pylist()
-                reqs = [Request(problems[i], sample=str(j)) for i in range(n_rows) for j in range(p.n)]
-                before = self.s.stats_snapshot()
-                gens = self.s.generate(reqs)
-                self.s.count(before)
-                for idx, g in enumerate(gens):
-                    i = idx // p.n
-                    texts[i].append(g.text)
-                    if g.cached:
-                        hits[i] += 1
-                    elif g.error != BUDGET:
-                        calls[i] += 1
-                    if g.text is None:
-                        fails[i][g.error] += 1
-            rewards = [[self.s.reward(t, refs[i]) for t in texts[i] if t is not None] if refs[i] is not None else []
-                       for i in range(n_rows)]
-        rate = np.full(n_rows, np.nan)
-        var = np.full(n_rows, np.nan)
-        status = []
-        for i, r in enumerate(rewards):
-            if len(r) >= p.min_rollouts:
-                a = np.asarray(r, dtype=float)
-                rate[i], var[i] = a.mean(), a.var()  # population variance (ddof=0)
-                status.append(SCORED)
-            elif refs is not None and refs[i] is None:
-                status.append("no_reference")
-            elif fails[i]:
-                status.append(fails[i].most_common(1)[0][0])
-            else:
-                status.append("too_few_rewards")
-        cols = {
-            "solve_rate": pa.array(rate, pa.float64(), mask=np.isnan(rate)),
-            "reward_variance": pa.array(var, pa.float64(), mask=np.isnan(var)),
-            "n_rollouts": pa.array([len(r) for r in rewards], pa.int32()),
-            "rollout_failures": pa.array([sum(f.values()) for f in fails], pa.int32()),
-            "variance_status": pa.array(status, pa.string()),
-        }
-        if p.write_rollouts and texts and any(texts):
-            cols["rollouts"] = pa.array(
-                [[{"text": t, "reward": float(rw)} for t, rw in zip([t for t in tx if t is not None], rewards[i])]
-                 for i, tx in enumerate(texts)],
-                pa.list_(pa.struct([("text", pa.string()), ("reward", pa.float64())])))
-        cols.update(stat_columns(calls, hits, fails))
-        return append_columns(batch, cols)
-
-
-def _passes_local(batch: pa.RecordBatch, p: VarianceFilterParams) -> tuple[np.ndarray, list[str | None]]:
-    """Row-local rules -> (keep mask, reason per row)."""
-    rate = batch.column("solve_rate").to_numpy(zero_copy_only=False)
-    var = batch.column("reward_variance").to_numpy(zero_copy_only=False)
+def local_decisions(batch: pa.RecordBatch, p: VarianceFilterParams) -> tuple[np.ndarray, list[str | None]]:
+    """The row-local rules (unscored, all equal, low variance, band) -> (keep, reason per row)."""
+    rate = numpy(batch, "solve_rate")
+    var = numpy(batch, "reward_variance")
     scored = ~np.isnan(var)
     keep = np.ones(batch.num_rows, bool)
     reason: list[str | None] = [None] * batch.num_rows
@@ -201,7 +127,7 @@ def _passes_local(batch: pa.RecordBatch, p: VarianceFilterParams) -> tuple[np.nd
     return keep, reason
 
 
-class _TopCandidates(beam.CombineFn):
+class TopCandidates(beam.CombineFn):
     """(variance, row key) of row-locally kept, scored rows -> the keys top-k/quotas keep.
 
     Each source keeps only its best min(quota, top_k) pairs, so memory is bounded by
@@ -226,11 +152,11 @@ class _TopCandidates(beam.CombineFn):
         return {}
 
     def add_input(self, acc, batch):
-        keep, _ = _passes_local(batch, self.p)
-        var = batch.column("reward_variance").to_numpy(zero_copy_only=False)
+        keep, _ = local_decisions(batch, self.p)
+        var = numpy(batch, "reward_variance")
         keep &= ~np.isnan(var)
         keys = batch.column(rows.ROW_KEY).to_numpy()
-        src = np.asarray(batch.column(rows.SOURCE).to_pylist(), dtype=object)
+        src = strings(batch, rows.SOURCE)
         for s in np.unique(src[keep]) if keep.any() else []:
             m = keep & (src == s)
             old_v, old_k = acc.get(s, (np.zeros(0), np.zeros(0, np.uint64)))
@@ -246,7 +172,7 @@ class _TopCandidates(beam.CombineFn):
         return out
 
     def extract_output(self, acc):
-        """-> (keys kept by quotas, keys kept by top-k), each sorted, or None when unused."""
+        """-> (keys kept by quotas, keys kept by top-k or None without `top_k`), each sorted."""
         if not acc:
             empty = np.zeros(0, np.uint64)
             return empty, empty
@@ -259,82 +185,113 @@ class _TopCandidates(beam.CombineFn):
         return quota_keys, np.sort(top)
 
 
-def _member(keys: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    if len(sorted_set) == 0:
-        return np.zeros(len(keys), bool)
-    pos = np.minimum(np.searchsorted(sorted_set, keys), len(sorted_set) - 1)
-    return sorted_set[pos] == keys
-
-
-class _DecideVariance(BatchFn):
-    def __init__(self, params: VarianceFilterParams):
-        self.p = params
-
-    def __call__(self, batch: pa.RecordBatch, selected=None) -> pa.RecordBatch:
-        keep, reason = _passes_local(batch, self.p)
-        if selected is not None:
-            quota_keys, top_keys = selected
-            keys = batch.column(rows.ROW_KEY).to_numpy()
-            scored = ~np.isnan(batch.column("reward_variance").to_numpy(zero_copy_only=False))
-            src = batch.column(rows.SOURCE).to_pylist()
-            in_quota = _member(keys, quota_keys)
-            in_top = _member(keys, top_keys) if top_keys is not None else np.ones(len(keys), bool)
-            for i in range(batch.num_rows):
-                if not (keep[i] and scored[i]):
-                    continue
-                if src[i] in self.p.source_quotas and not in_quota[i]:
-                    keep[i], reason[i] = False, "over_source_quota"
-                elif not in_top[i]:
-                    keep[i], reason[i] = False, "below_top_k"
-        return with_decisions(strip_stats(batch), keep, reason)
-
-
-def _summarise(batch: pa.RecordBatch) -> dict[str, Any]:
-    rate = batch.column("solve_rate").to_numpy(zero_copy_only=False).astype(float)
-    var = batch.column("reward_variance").to_numpy(zero_copy_only=False).astype(float)
-    out = model_stats(batch)
-    out["solve_rate_histogram"] = histogram(rate, np.linspace(0, 1, 11))
-    out["variance_histogram"] = histogram(var, np.linspace(0, 0.25, 11))
-    out["status"] = dict(Counter(batch.column("variance_status").to_pylist()))
-    out["all_correct"] = int(np.sum(rate >= 1 - 1e-12))
-    out["all_wrong"] = int(np.sum((rate <= 1e-12) & ~np.isnan(rate)))
-    out["rollouts"] = int(np.sum(batch.column("n_rollouts").to_numpy()))
-    return out
-
-
-def _finish(acc: dict[str, Any]) -> dict[str, Any]:
-    acc = dict(acc)
-    acc.setdefault("rows", 0)
-    acc.setdefault("model_calls", 0)
-    acc.setdefault("cache_hits", 0)
-    acc.setdefault("failures_by_kind", {})
-    return acc
-
-
-class VarianceFilter(RowSelector):
+class VarianceFilter(ModelSelector):
     __doc__ = __doc__
     type_name = "variance_filter"
     Params = VarianceFilterParams
     cost = "model: n calls per problem (cached on disk); CPU: rewards (math-verify)"
 
-    @classmethod
-    def check(cls, params: VarianceFilterParams, recipe: Any) -> list[str]:
-        return check_model_params(params, recipe) if params.uses_model else []
+    @property
+    def uses_model(self) -> bool:
+        return self.params.uses_model  # precomputed rewards or responses need no model
 
-    def make_fn(self) -> BatchFn:
-        return _ScoreVariance(self.params, ModelSession(self.params, self.ctx, self.ctx.name))
+    @property
+    def uses_reward(self) -> bool:
+        return not self.params.precomputed_rewards
 
-    def expand(self, batches):
-        name = self.ctx.name
-        scored = batches | MapBatches(self.make_fn(), name, label=f"{name}/Score")
-        report = (scored | f"{name}/Summarise" >> beam.CombineGlobally(SumSummaries(_summarise, _finish)))
-        if self.params.uses_model:
-            report = report | f"{name}/AddPolicy" >> beam.Map(with_policy_facts, self.params)
-        self.ctx.write_report(report)
-        side = ()
-        if self.params.top_k is not None or self.params.source_quotas:
-            selected = scored | f"{name}/TopCandidates" >> beam.CombineGlobally(_TopCandidates(self.params))
-            side = (beam.pvalue.AsSingleton(selected),)
-        decided = scored | MapBatches(_DecideVariance(self.params), name, *side, label=f"{name}/Decide")
-        return decided | ApplyDecisions(self)
+    def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
+        """Rewards per problem -> solve rate, population variance, status (no decision yet)."""
+        p = self.params
+        n_rows = batch.num_rows
+        texts: list[list[str | None]] = [[] for _ in range(n_rows)]
+        tally = CallTally(n_rows)
+        refs = None
+        if p.precomputed_rewards:
+            rewards = [[float(x) for x in r if isinstance(x, (bool, int, float))]
+                       for r in values_at(batch, p.precomputed_rewards)]
+        else:
+            refs = answers_of(batch, p.answer_field)
+            if p.precomputed_responses:
+                texts = [[t for t in r if isinstance(t, str)] for r in values_at(batch, p.precomputed_responses)]
+            else:
+                texts = self._sample(batch.column(rows.TEXT).to_pylist(), tally)
+            reward = self.session.reward
+            rewards = [[reward(t, refs[i]) for t in texts[i] if t is not None] if refs[i] is not None else []
+                       for i in range(n_rows)]
+        rate = np.full(n_rows, np.nan)
+        var = np.full(n_rows, np.nan)
+        status = []
+        for i, r in enumerate(rewards):
+            if len(r) >= p.min_rollouts:
+                a = np.asarray(r, dtype=float)
+                rate[i], var[i] = a.mean(), a.var()  # population variance (ddof=0)
+                status.append(SCORED)
+            elif refs is not None and refs[i] is None:
+                status.append("no_reference")
+            elif tally.failures[i]:
+                status.append(tally.failures[i].most_common(1)[0][0])
+            else:
+                status.append("too_few_rewards")
+        cols = {
+            "solve_rate": pa.array(rate, pa.float64(), mask=np.isnan(rate)),
+            "reward_variance": pa.array(var, pa.float64(), mask=np.isnan(var)),
+            "n_rollouts": pa.array([len(r) for r in rewards], pa.int32()),
+            "rollout_failures": pa.array([sum(f.values()) for f in tally.failures], pa.int32()),
+            "variance_status": pa.array(status, pa.string()),
+        }
+        if p.write_rollouts and texts and any(texts):
+            # A row without a reference has texts but no rewards: its list is empty.
+            cols["rollouts"] = pa.array(
+                [[{"text": t, "reward": float(rw)}
+                  for t, rw in zip([t for t in tx if t is not None], rewards[i], strict=False)]
+                 for i, tx in enumerate(texts)],
+                pa.list_(pa.struct([("text", pa.string()), ("reward", pa.float64())])))
+        return {**cols, **tally.columns()}
 
+    def _sample(self, problems: list[str], tally: CallTally) -> list[list[str | None]]:
+        """`n` generations per problem (None where a call failed), tallied per row."""
+        n = self.params.n
+        reqs = [Request(q, sample=str(j)) for q in problems for j in range(n)]
+        with self.session.counting():
+            gens = self.session.generate(reqs)
+        texts: list[list[str | None]] = [[] for _ in problems]
+        for idx, g in enumerate(gens):
+            texts[idx // n].append(g.text)
+            tally.add(idx // n, g)
+        return texts
+
+    def select(self, scored: beam.PCollection) -> beam.PCollection:
+        if self.params.top_k is None and not self.params.source_quotas:
+            return scored.pipeline | "NoRanking" >> beam.Create([None])  # decide needs no global step
+        return scored | "TopCandidates" >> beam.CombineGlobally(TopCandidates(self.params))
+
+    def decide(self, batch: pa.RecordBatch, selected: tuple[np.ndarray, np.ndarray | None] | None):
+        keep, reason = local_decisions(batch, self.params)
+        if selected is None:
+            return keep, reason
+        quota_keys, top_keys = selected
+        keys = batch.column(rows.ROW_KEY).to_numpy()
+        scored = ~np.isnan(numpy(batch, "reward_variance"))
+        src = batch.column(rows.SOURCE).to_pylist()
+        in_quota = member(keys, quota_keys)
+        in_top = member(keys, top_keys) if top_keys is not None else np.ones(len(keys), bool)
+        for i in range(batch.num_rows):
+            if not (keep[i] and scored[i]):
+                continue
+            if src[i] in self.params.source_quotas and not in_quota[i]:
+                keep[i], reason[i] = False, "over_source_quota"
+            elif not in_top[i]:
+                keep[i], reason[i] = False, "below_top_k"
+        return keep, reason
+
+    def summarise(self, batch: pa.RecordBatch, keep: np.ndarray) -> dict[str, Any]:
+        rate = numpy(batch, "solve_rate").astype(float)
+        var = numpy(batch, "reward_variance").astype(float)
+        out = super().summarise(batch, keep)
+        out["solve_rate_histogram"] = histogram(rate, np.linspace(0, 1, 11))
+        out["variance_histogram"] = histogram(var, np.linspace(0, 0.25, 11))
+        out["status"] = dict(Counter(batch.column("variance_status").to_pylist()))
+        out["all_correct"] = int(np.sum(rate >= 1 - 1e-12))
+        out["all_wrong"] = int(np.sum((rate <= 1e-12) & ~np.isnan(rate)))
+        out["rollouts"] = int(np.sum(batch.column("n_rollouts").to_numpy()))
+        return out

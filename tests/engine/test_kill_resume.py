@@ -12,10 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import demo_pool_rows
 from thresher.load import load_manifest
+
+# Whole recipes through the CLI / a real runner: end-to-end, so outside the fast loop.
+pytestmark = pytest.mark.slow
 
 def _make_corpus(tmp: Path, files: int = 8, copies: int = 5) -> None:
     base = demo_pool_rows()

@@ -1,11 +1,12 @@
-"""Variance filtering: precomputed rewards on real GSM8K rollouts, a scripted policy of known
-success probability, top-k/quotas/bands, rewards, and the rollout store (concurrency, resume
-after SIGKILL) — all through real Beam pipelines and a real SQLite store."""
+"""`variance_filter`: the stage's hooks called directly on small batches (rewards read from
+the rows, a scripted policy of known success probability, the row-local rules, top-k and
+quotas), one real Beam pipeline per behaviour through `run_stage`, and — marked slow — whole
+recipes: precomputed rewards on real GSM8K rollouts, the scripted policy end to end, and a
+run killed mid-way that resumes from the rollout store without regenerating."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -18,9 +19,151 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import ROOT, run_recipe
-from thresher.models.policy import Request, bernoulli_script
-from thresher.models.rewards import AnswerReward, extract_answer, make_reward
+from thresher.core.context import StageContext
+from thresher.models.policy import Request
+from thresher.models.rewards import make_reward
 from thresher.models.rollout_store import RolloutStore
+from thresher.stages.selection.model_selector import CACHE_HITS, CALLS, FAILURES
+from thresher.stages.selection.variance_filter import TopCandidates, VarianceFilter, values_at
+from thresher.testing.harness import make_batch, run_stage
+from thresher.testing.scripted import bernoulli_script
+
+# `normalized` judges the script's integer answers as `math` does, without loading sympy
+# (math-verify), which keeps these fast tests fast.
+SCRIPTED = {"policy": {"backend": "scripted"}, "reward": "normalized"}
+
+
+def _stage(tmp_path, seed=0, **params) -> VarianceFilter:
+    ctx = StageContext(name="variance_filter", seed=seed, out_dir=str(tmp_path), work_dir=str(tmp_path / "_work"))
+    stage = VarianceFilter(params, ctx)
+    stage.setup()
+    return stage
+
+
+def _scored(rate, var, source="test", first_key=0):
+    """A batch as `score` leaves it: the two score columns (None = unscored)."""
+    batch = make_batch([{"text": f"q{i}"} for i in range(len(rate))], source=source, first_key=first_key)
+    batch = batch.append_column("solve_rate", pa.array(rate, pa.float64()))
+    return batch.append_column("reward_variance", pa.array(var, pa.float64()))
+
+
+# ---------------------------------------------------------------------------------------
+# score / decide, called directly
+
+
+def test_values_at_walks_dotted_paths_lists_and_json_text():
+    batch = make_batch([
+        {"text": "a", "s": [{"ok": True}, {"ok": False}], "j": '{"r": [1, 0.5]}'},
+        {"text": "b", "s": [{"ok": None}], "j": "not json"},
+    ])
+    assert values_at(batch, ["s.ok", "j.r"]) == [[True, False, 1, 0.5], []]
+    with pytest.raises(KeyError, match="missing"):
+        values_at(batch, ["missing.x"])
+
+
+def test_score_from_precomputed_rewards_needs_no_model(tmp_path):
+    stage = _stage(tmp_path, precomputed_rewards=["r"], min_rollouts=2)
+    assert stage.session.cp is None  # no policy, no rollout store
+    batch = make_batch([{"text": "a", "r": [1, 0, 1, 1]}, {"text": "b", "r": [1, 1]}, {"text": "c", "r": [0]}])
+    cols = stage.score(batch)
+    assert cols["solve_rate"].to_pylist() == [0.75, 1.0, None]
+    assert cols["reward_variance"].to_pylist() == [0.1875, 0.0, None]
+    assert cols["n_rollouts"].to_pylist() == [4, 2, 1]
+    assert cols["variance_status"].to_pylist() == ["scored", "scored", "too_few_rewards"]
+    assert cols[CALLS].to_pylist() == [0, 0, 0] and cols[FAILURES].to_pylist() == ["{}"] * 3
+    assert "rollouts" not in cols
+    assert not (tmp_path / "cache").exists()
+
+
+def test_score_with_scripted_policy_matches_the_script(tmp_path):
+    stage = _stage(tmp_path, seed=7, n=8, write_rollouts=True, **SCRIPTED)
+    rows = [{"text": f"Problem {i}: p={p} answer={100 + i}", "answer": str(100 + i)} for i, p in enumerate(PS)]
+    rows.append({"text": "Problem 9: p=0.5 answer=9", "answer": None})
+    cols = stage.score(make_batch(rows))
+    for i in range(len(PS)):
+        r = _expected_rewards(rows[i]["text"], rows[i]["answer"], 8, seed=7, reward="normalized")
+        assert cols["solve_rate"][i].as_py() == pytest.approx(np.mean(r))
+        assert cols["reward_variance"][i].as_py() == pytest.approx(np.var(r))
+        assert [x["reward"] for x in cols["rollouts"][i].as_py()] == r
+    assert cols["variance_status"].to_pylist() == ["scored"] * 5 + ["no_reference"]
+    assert cols["rollouts"][5].as_py() == []  # generated, but nothing to judge them against
+    assert cols[CALLS].to_pylist() == [8] * 6 and cols[CACHE_HITS].to_pylist() == [0] * 6
+    # The same batch again: every generation comes from the rollout store.
+    again = stage.score(make_batch(rows))
+    assert again[CALLS].to_pylist() == [0] * 6 and again[CACHE_HITS].to_pylist() == [8] * 6
+    assert again["solve_rate"] == cols["solve_rate"]
+
+
+def test_decide_row_local_rules():
+    stage = VarianceFilter({"min_variance": 0.1, "solve_rate_band": [0.2, 0.7], "on_unscored": "drop"})
+    batch = _scored([1.0, 0.0, 0.5, 0.9, 0.8, 0.5, None], [0.0, 0.0, 0.0, 0.09, 0.16, 0.25, None])
+    keep, reason = stage.decide(batch, None)
+    assert keep.tolist() == [False, False, False, False, False, True, False]
+    assert reason == ["all_correct", "all_wrong", "all_equal", "low_variance", "solve_rate_out_of_band", None,
+                      "unscored"]
+    keep, reason = VarianceFilter({"drop_all_equal": False}).decide(batch, None)
+    assert keep.all() and reason == [None] * 7  # unscored rows are kept by default
+
+
+def test_top_candidates_then_decide_applies_top_k_and_quotas():
+    stage = VarianceFilter({"top_k": 3, "source_quotas": {"a": 1}})
+    a = _scored([0.5, 0.5, 0.4, 1.0], [0.25, 0.25, 0.24, 0.0], source="a")
+    b = _scored([0.3, 0.2, None], [0.21, 0.16, None], source="b", first_key=10)
+    fn = TopCandidates(stage.params)
+    # Two partial accumulators merged, as a runner with several workers would.
+    acc = fn.merge_accumulators([fn.add_input(fn.create_accumulator(), a), fn.add_input(fn.create_accumulator(), b)])
+    quota_keys, top_keys = fn.extract_output(acc)
+    assert quota_keys.tolist() == [0, 10, 11]  # a: its best one (ties: input order); b: unlimited
+    assert top_keys.tolist() == [0, 10, 11]
+    keep, reason = stage.decide(a, (quota_keys, top_keys))
+    assert keep.tolist() == [True, False, False, False]
+    assert reason == [None, "over_source_quota", "over_source_quota", "all_correct"]
+    keep, reason = stage.decide(b, (quota_keys, top_keys))
+    assert keep.tolist() == [True, True, True] and reason == [None, None, None]
+    assert fn.extract_output(fn.create_accumulator())[0].size == 0
+
+
+# ---------------------------------------------------------------------------------------
+# One stage through a real Beam pipeline
+
+
+def test_run_stage_top_k_counts_and_report():
+    rows = [{"text": f"Problem {i}: p={p} answer={100 + i}", "answer": str(100 + i)} for i, p in enumerate(PS * 2)]
+    res = run_stage(VarianceFilter, rows, {**SCRIPTED, "n": 8, "top_k": 2}, batch_rows=3, seed=7)
+    rewards = [_expected_rewards(r["text"], r["answer"], 8, seed=7, reward="normalized") for r in rows]
+    var = [float(np.var(r)) for r in rewards]
+    mixed = [i for i, v in enumerate(var) if v > 0]
+    top = sorted(sorted(mixed, key=lambda i: (-var[i], i))[:2])
+    assert [int(x) for x in res.kept.column("id").to_pylist()] == top
+    assert res.kept.column("reward_variance").to_pylist() == pytest.approx([var[i] for i in top])
+    assert not any(c.startswith("__") for c in res.kept.column_names + res.dropped.column_names)
+    reasons = dict(zip(res.dropped.column("id").to_pylist(), res.dropped.column("drop_reason").to_pylist(),
+                       strict=True))
+    assert {reasons[str(i)] for i in mixed if i not in top} == {"below_top_k"}
+    assert reasons["0"] == "all_correct" and reasons["4"] == "all_wrong"
+    c = res.counters
+    assert c["variance_filter/in/test"] == 10 and c["variance_filter/model_calls"] == 80
+    assert c["variance_filter/cache_hits"] == 0
+    assert c["variance_filter/dropped/below_top_k/test"] == len(mixed) - 2
+    assert sum(v for k, v in c.items() if "/dropped/" in k) == 8
+    rep = res.report
+    assert (rep["rows"], rep["model_calls"], rep["rollouts"], rep["cache_hits"]) == (10, 80, 80, 0)
+    assert rep["all_correct"] == 2 and rep["status"] == {"scored": 10}
+    assert rep["policy"]["backend"] == "scripted" and rep["sampling"]["temperature"] == 0.7
+
+
+def test_run_stage_without_ranking_keeps_every_mixed_row():
+    rows = [{"text": "a", "r": [1, 0]}, {"text": "b", "r": [1, 1]}, {"text": "c", "r": []}]
+    res = run_stage(VarianceFilter, rows, {"precomputed_rewards": ["r"], "on_unscored": "drop"})
+    assert res.kept.column("text").to_pylist() == ["a"]
+    assert res.dropped.column("drop_reason").to_pylist() == ["all_correct", "unscored"]
+    assert "variance_filter/model_calls" not in res.counters  # no model, nothing counted
+    assert res.report["model_calls"] == 0 and "policy" not in res.report
+
+
+# ---------------------------------------------------------------------------------------
+# Whole recipes (slow)
+
 
 GSM_SAMPLERS = ["6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification"]
 
@@ -30,6 +173,7 @@ def _rows(run):
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 
+@pytest.mark.slow
 def test_gsm8k_precomputed_rewards_drop_all_correct_and_all_wrong(shared_data, tmp_path):
     path = shared_data / "rollouts" / "gsm8k_example_model_solutions.jsonl.gz"
     run = run_recipe({
@@ -56,6 +200,7 @@ def test_gsm8k_precomputed_rewards_drop_all_correct_and_all_wrong(shared_data, t
     assert sorted({r["solve_rate"] for r in rows}) == [0.25, 0.5, 0.75]
 
 
+@pytest.mark.slow
 def test_gsm8k_responses_rewarded_here_agree_with_the_labels(shared_data, tmp_path):
     # precomputed_responses: our answer extraction + math-verify on the same 4 solutions; on a
     # small slice it must agree with the dataset's own correctness labels.
@@ -90,9 +235,9 @@ def _write_problems(path: Path, ps, sources=("a",)):
                                  "p": p, "i": i}) + "\n")
 
 
-def _expected_rewards(question: str, answer: str, n: int, seed: int) -> list[float]:
+def _expected_rewards(question: str, answer: str, n: int, seed: int, reward: str = "math") -> list[float]:
     """What the scripted policy answers, computed directly (without the stage)."""
-    reward = make_reward("math")
+    reward = make_reward(reward)
     return [reward(bernoulli_script(Request(question, sample=str(j)), seed)[0], answer) for j in range(n)]
 
 
@@ -106,6 +251,7 @@ def _scripted_recipe(tmp_path, files, **params):
     }
 
 
+@pytest.mark.slow
 def test_scripted_policy_keeps_exactly_the_mixed_problems(tmp_path):
     ps = PS * 4  # 20 problems, 7 batches
     _write_problems(tmp_path / "p.jsonl", ps)
@@ -129,6 +275,7 @@ def test_scripted_policy_keeps_exactly_the_mixed_problems(tmp_path):
     assert sum(rep["solve_rate_histogram"].values()) == 20
 
 
+@pytest.mark.slow
 def test_top_k_quotas_and_band(tmp_path):
     ps = [0.5, 0.3, 0.2, 0.5, 0.4, 0.1, 0.6, 0.5]
     _write_problems(tmp_path / "a.jsonl", ps)
@@ -142,8 +289,8 @@ def test_top_k_quotas_and_band(tmp_path):
 
     run = run_recipe(_scripted_recipe(tmp_path, files, n=16, top_k=5), tmp_path)
     assert sorted(r["i"] for r in _rows(run)) == sorted(r["i"] for r in by_var[:5])
-    assert run.counters["variance_filter/dropped/below_top_k/a"] + run.counters["variance_filter/dropped/below_top_k/b"] \
-        == len(all_rows) - 5
+    assert run.counters["variance_filter/dropped/below_top_k/a"] \
+        + run.counters["variance_filter/dropped/below_top_k/b"] == len(all_rows) - 5
     assert run.reports["variance_filter"]["cache_hits"] == 16 * 16  # scores came from the store
 
     run = run_recipe(_scripted_recipe(tmp_path, files, n=16, source_quotas={"a": 2}), tmp_path)
@@ -156,69 +303,10 @@ def test_top_k_quotas_and_band(tmp_path):
     assert sorted(r["i"] for r in _rows(run)) == sorted(r["i"] for r in all_rows if 0.3 <= r["solve_rate"] <= 0.6)
 
 
-# ---------------------------------------------------------------------------------------
-# Rewards
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("so x = \\boxed{\\frac{1}{2}} done", "\\frac{1}{2}"),
-    ("18 - 2 = 16 eggs\n#### 16", "16"),
-    ("Adding gives 7. The answer is: $1,250 dollars.", "1,250"),
-    ("The final answer is (C).", "(C)"),
-    ("first 3 then 12 then 41", "41"),
-    ("no numbers", None),
-])
-def test_extract_answer(text, expected):
-    assert extract_answer(text) == expected
-
-
-def test_reward_kinds():
-    math = make_reward("math")
-    assert math("The answer is \\boxed{\\frac{1}{2}}", "0.5") == 1.0
-    assert math("#### 1,250", "1250") == 1.0
-    assert math("The answer is 18.00", "18") == 1.0
-    assert math("The answer is 17", "18") == 0.0
-    assert math("blah", "#### 42") == 0.0 and math("ends with 42", "work...\n#### 42") == 1.0
-    assert make_reward("exact")("#### 18.0", "18") == 0.0
-    assert make_reward("normalized")("The answer is $18.0$.", "18") == 1.0
-    assert make_reward("choice")("I pick (b). The answer is B", "B") == 1.0
-    assert make_reward("choice")("The answer is C", "B") == 0.0
-    assert AnswerReward("math", last_number=False)("it is 42", "42") == 0.0
-    user = make_reward("tests.test_variance_filter:length_reward")
-    assert user("abcd", "x") == 0.4
-
-
-def length_reward(completion: str, reference: str) -> float:
-    return len(completion) / 10
 
 
 # ---------------------------------------------------------------------------------------
-# Rollout store
-
-
-def _writer(path: str, worker: int, n: int, budget_out) -> None:
-    store = RolloutStore(path)
-    for i in range(0, n, 10):
-        store.put_many([{"key": f"{worker}-{j}", "model": "m", "prompt": "p", "params": {}, "sample": j, "seed": 0,
-                         "text": f"t{worker}-{j}"} for j in range(i, i + 10)])
-        budget_out.put(store.reserve("run", 7, 500))
-
-
-def test_store_is_safe_for_concurrent_processes(tmp_path):
-    path = str(tmp_path / "r.sqlite")
-    q = mp.get_context("spawn").Queue()
-    procs = [mp.get_context("spawn").Process(target=_writer, args=(path, w, 200, q)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    store = RolloutStore(path)
-    assert len(store) == 800
-    got = store.get_many([f"{w}-{j}" for w in range(4) for j in range(200)])
-    assert got["3-199"].text == "t3-199" and len(got) == 800
-    granted = [q.get() for _ in range(80)]
-    assert sum(granted) == 500  # 80 asks of 7 = 560 wanted; the shared budget never overspends
+# Kill and resume
 
 
 def slow_script(req, seed):
@@ -229,10 +317,11 @@ def slow_script(req, seed):
     return bernoulli_script(req, seed)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_regenerating(tmp_path):
     _write_problems(tmp_path / "p.jsonl", [0.5] * 40)
     recipe = _scripted_recipe(tmp_path, [("a", tmp_path / "p.jsonl")],
-                              policy={"backend": "scripted", "script": "tests.test_variance_filter:slow_script"})
+                              policy={"backend": "scripted", "script": "tests.stages.test_variance_filter:slow_script"})
     recipe["batch_rows"] = 4
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     calls_log = tmp_path / "calls.log"

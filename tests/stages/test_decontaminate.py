@@ -1,5 +1,6 @@
-"""Benchmark decontamination on real benchmarks (GSM8K test, MATH-500, HumanEval, MMLU) planted
-into real general-pool text, through a real Beam pipeline.
+"""`decontaminate`: score/decide on a small hand-made benchmark and one Beam run of the stage
+(fast); then real benchmarks (GSM8K test, MATH-500, HumanEval, MMLU) planted into real
+general-pool text, through whole recipes (slow).
 
 Plants: verbatim; re-cased and re-spaced; punctuation changed; embedded inside a longer
 paragraph; only partly copied. Asserted: n-gram recall >= 0.99 on verbatim + reformatted
@@ -13,15 +14,18 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import re
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from tests.conftest import run_recipe
-from thresher.recipe.schema import RecipeError
+from thresher.core import columns as cols
+from thresher.core.context import StageContext
+from thresher.recipe.schema import Recipe, RecipeError
+from thresher.stages.decontam.decontaminate import Decontaminate
 from thresher.stages.decontam.ngram_index import normalise_one
+from thresher.testing.harness import make_batch, run_stage
 
 N_PER_BENCH = 30
 N_CLEAN = 8000
@@ -117,6 +121,99 @@ def _partial(t: str, frac: float) -> str:
     return " ".join(w[: max(1, int(len(w) * frac))])
 
 
+# ---------------------------------------------------------------------------------------
+# Fast: a hand-made benchmark
+
+TRIVIA = [
+    {"qid": "t1", "q": "Which river flows through the city of Vienna on its way to the Black Sea?"},
+    {"qid": "t2", "q": "How many legs does a spider have if two of them are missing today?"},
+    {"qid": "t3", "q": "Name it."},  # below min_words: never matched
+]
+POOL = [
+    {"id": "clean", "text": "Birds sing in the morning and the trees sway in the warm summer wind."},
+    {"id": "copy", "text": "Quiz: which river flows through the city of Vienna on its way to the Black Sea? "
+                           "Answer below."},
+    {"id": "reformatted", "text": "HOW many legs does a spider have, if two of them are MISSING today"},
+    {"id": "partial", "text": "Which river flows through the city of Vienna on"},
+    {"id": "short", "text": "Name it."},
+]
+
+
+def _stage(tmp_path: Path, **params) -> Decontaminate:
+    _write(tmp_path / "trivia.jsonl", TRIVIA)
+    recipe = Recipe.model_validate({"sources": [{"name": "test", "paths": ["<memory>"]}], "base_dir": str(tmp_path)})
+    ctx = StageContext(name="decon", seed=0, out_dir=str(tmp_path), work_dir=str(tmp_path / "_work"), recipe=recipe,
+                       write_dropped=True)
+    bench = {"name": "trivia", "paths": ["trivia.jsonl"], "fields": ["q"], "id_field": "qid"}
+    return Decontaminate({"benchmarks": [bench], "n": 8, **params}, ctx)
+
+
+def test_score_finds_copies_and_decide_drops_them(tmp_path):
+    stage = _stage(tmp_path)
+    assert stage.check() == []
+    batch = make_batch(POOL)
+    scored = cols.set_columns(batch, stage.score(batch))
+    assert scored.column("decontam_ngram_score").to_pylist()[:2] == [0.0, 1.0]
+    assert scored.column("decontam_ngram_score").to_pylist()[2] == 1.0  # case and punctuation do not matter
+    assert scored.column("decontam_ngram_score").to_pylist()[3] == 0.25  # 2 of the item's 8 8-grams
+    assert "decontam_benchmark" not in scored.schema.names  # match columns only with action: flag
+    audit = scored.column("__decontam_audit").to_pylist()
+    assert [[e["item_id"] for e in a] for a in audit] == [[], ["t1"], ["t2"], [], []]
+    assert audit[1][0]["method"] == "ngram" and audit[1][0]["benchmark"] == "trivia"
+    assert "vienna" in audit[1][0]["span"].lower()
+    keep, reasons = stage.decide(scored)
+    assert keep.tolist() == [True, False, False, True, True]
+    assert reasons[1:3] == ["contaminated:trivia", "contaminated:trivia"]
+
+
+def test_flag_mode_keeps_every_row_with_match_columns(tmp_path):
+    stage = _stage(tmp_path, action="flag", mode="any")
+    batch = make_batch(POOL)
+    scored = cols.set_columns(batch, stage.score(batch))
+    assert scored.column("decontam_benchmark").to_pylist() == [None, "trivia", "trivia", "trivia", None]
+    assert scored.column("decontam_item").to_pylist() == [None, "t1", "t2", "t1", None]
+    assert scored.column("decontam_method").to_pylist() == [None, "ngram", "ngram", "ngram", None]
+    keep, _ = stage.decide(scored)
+    assert keep.all()
+
+
+def test_stage_run_drops_counts_and_writes_the_audit(tmp_path):
+    stage = _stage(tmp_path)
+    res = run_stage(stage, POOL * 2, batch_rows=3, out_dir=str(tmp_path))
+    assert res.kept.column("id").to_pylist() == ["clean", "partial", "short"] * 2
+    assert res.dropped.column("id").to_pylist() == ["copy", "reformatted"] * 2
+    assert set(res.dropped.column("drop_reason").to_pylist()) == {"contaminated:trivia"}
+    for t in (res.kept, res.dropped):  # internal columns never leave the stage
+        assert not [c for c in t.schema.names if c.startswith("__decontam")]
+    assert res.counters["decon/in/test"] == 10
+    assert res.counters["decon/dropped/contaminated:trivia/test"] == 4
+    assert res.counters["decon/flagged/test"] == 4
+    rep = res.report
+    assert rep["rows_flagged"] == 4 and rep["audit_entries"] == 4
+    assert rep["benchmarks"]["trivia"] == {
+        "items": 3, "items_found": 2, "contamination_rate": pytest.approx(2 / 3), "rows_flagged": 4,
+        "rows_flagged_by_source": {"test": 4}, "items_found_by_method": {"ngram": 2}, "segments_unreadable": 0}
+    assert rep["index"]["segments"] == 3 and rep["index"]["segments_too_short"] == 1
+    assert rep["artifacts"] == ["reports/decon-audit.arrow", "reports/decon-audit.csv"]
+    audit = _audit(res, "decon")
+    assert audit.schema.names == ["row_id", "source", "benchmark", "item_id", "segment", "method", "score", "span"]
+    assert audit.column("row_id").to_pylist() == ["copy", "reformatted"] * 2  # in row order
+    assert audit.column("item_id").to_pylist() == ["t1", "t2", "t1", "t2"]
+    csv = (tmp_path / "reports" / "decon-audit.csv").read_text()
+    assert csv.count("\n") == 5 and csv.startswith('"row_id","source","benchmark"')
+
+
+def test_clean_run_writes_an_empty_audit(tmp_path):
+    res = run_stage(_stage(tmp_path), POOL[:1], out_dir=str(tmp_path))
+    assert res.kept.num_rows == 1 and res.report["rows_flagged"] == 0 and "decon/flagged/test" not in res.counters
+    assert _audit(res, "decon").num_rows == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Slow: real benchmarks, whole recipes
+
+
+@pytest.mark.slow
 def test_ngram_recall_false_positives_and_audit(shared_data, tmp_path):
     rng = random.Random(7)
     pool = _jsonl(shared_data / "general_pool" / "pool.jsonl.gz")
@@ -151,13 +248,13 @@ def test_ngram_recall_false_positives_and_audit(shared_data, tmp_path):
     removed = {r["id"] for r in records} - kept
     audit = _audit(res)
     audit_items: dict[str, set[str]] = {}
-    for rid, item in zip(audit.column("row_id").to_pylist(), audit.column("item_id").to_pylist()):
+    for rid, item in zip(audit.column("row_id").to_pylist(), audit.column("item_id").to_pylist(), strict=True):
         audit_items.setdefault(rid, set()).add(item)
 
     # Every removed row is in the audit, and nothing else is.
     assert set(audit_items) == removed
     caught: dict[str, list[bool]] = {}
-    for rid, (v, bench, item_id) in plants.items():
+    for rid, (v, _bench, item_id) in plants.items():
         hit = rid in removed
         if hit:  # ... with the item it was planted from
             assert item_id in audit_items[rid], (rid, item_id, audit_items[rid])
@@ -188,8 +285,9 @@ def test_ngram_recall_false_positives_and_audit(shared_data, tmp_path):
     assert dropped == len(removed)
 
 
+@pytest.mark.slow
 def test_flag_mode_short_items_presets_and_any(shared_data, tmp_path):
-    custom = _write(tmp_path / "trivia.jsonl", [
+    _write(tmp_path / "trivia.jsonl", [
         {"qid": "t1", "q": "Which river flows through the city of Vienna?"},  # 8 words: matched whole
         {"qid": "t2", "q": "Name it."},  # 2 words: below min_words, never matched
     ])
@@ -218,9 +316,9 @@ def test_flag_mode_short_items_presets_and_any(shared_data, tmp_path):
     table = pa.concat_tables(pa.ipc.open_stream(Path(res.out_dir) / s["path"]).read_all() for s in res.shards)
     assert table.num_rows == len(records)  # flag keeps every row
     flagged = {i: (b, it) for i, b, it in zip(*(table.column(c).to_pylist() for c in
-                                               ("id", "decontam_benchmark", "decontam_item"))) if b}
+                                               ("id", "decontam_benchmark", "decontam_item")), strict=True) if b}
     assert flagged == {"short_whole": ("trivia", "t1")}
-    scores = dict(zip(table.column("id").to_pylist(), table.column("decontam_ngram_score").to_pylist()))
+    scores = dict(zip(table.column("id").to_pylist(), table.column("decontam_ngram_score").to_pylist(), strict=True))
     n_words = len(normalise_one(q).split())
     assert scores["short_whole"] == 1.0
     assert scores["gsm_third"] == pytest.approx(3 / (n_words - 12))  # 3 of the item's 13-grams
@@ -248,35 +346,11 @@ def test_missing_file_or_field_is_an_error_before_work(shared_data, tmp_path):
 
 
 # Hand-written paraphrases of GSM8K test questions (line number -> rewording).
-PARAPHRASES = {
-    1: "Every day Janet's ducks produce sixteen eggs. Three get eaten at breakfast and four go into muffins she bakes for friends. The rest she sells at the market for two dollars each. What are her daily market earnings?",
-    2: "To make a robe you need two bolts of blue fabric and half as much white fabric. What is the total number of bolts required?",
-    3: "Josh flips a house: he pays $80,000 for it and spends another $50,000 fixing it up, which raises its value by 150%. What was his profit?",
-    4: "Three times each week James runs three sprints of 60 meters apiece. How many meters does he cover weekly?",
-    6: "Kylar needs 16 glasses for his apartment. A glass is $5, but every other glass is sold at 60% of that price. What will he pay in total?",
-    7: "Seattle has 20 sheep. Charleston owns four times as many as Seattle, and Toulouse owns twice as many as Charleston. How many sheep do the three cities have altogether?",
-    8: "Carla wants to download a 200 GB file at 2 GB per minute. When she is 40% done, Windows restarts for updates, taking 20 minutes, and she must start the download over. How long does the whole thing take?",
-    10: "Eliza earns $10 an hour for her first 40 hours each week, and overtime is paid at 1.2 times that rate. She worked 45 hours this week. What did she earn?",
-    11: "A program was downloaded 60 times in its first month, three times as often in the second month, and 30% less than that in the third month. What is the total number of downloads over the three months?",
-    12: "At the bakery Toula bought 3 dozen donuts at $68 a dozen, 2 dozen mini cupcakes at $80 a dozen and 6 dozen mini cheesecakes at $55 a dozen. What did she spend in total?",
-    13: "Planting a lemon tree costs Carlos $90. The tree yields 7 lemons a year that sell for $1.50 each, and upkeep costs $3 per year. After how many years will he begin to make money?",
-    14: "A door-to-door saleswoman, Melanie, sold a third of her vacuums at the green house, two more at the red house and half of the remainder at the orange house. She has 5 left. How many did she begin with?",
-    15: "Of 20 students in a dance class, 20% chose contemporary, 25% of those remaining chose jazz, and everyone else chose hip-hop. What percent of all the students chose hip-hop?",
-    17: "Two trains depart San Rafael together and travel 80 miles west. The following day they go 150 miles north. How far has each train gone over the two days?",
-    18: "Jill is paid $20 an hour as a teacher and $30 an hour as a cheerleading coach. Working 50 weeks a year, she teaches 35 hours and coaches 15 hours each week. What is her yearly salary?",
-    19: "Each morning Claire eats an omelet made with 3 eggs. How many dozen eggs does she go through in 4 weeks?",
-    20: "Marissa hikes a 12-mile trail. The first 4 miles take her an hour and the next 2 miles another hour. To average 4 miles per hour overall, how fast must she walk for the rest?",
-    22: "Raymond is 6 years older than his cousin Samantha and had a son when he was 23. Samantha is 31 now. How many years ago was the son born?",
-    23: "On Tuesday Billy had 8 customers for his DVDs: the first 3 bought one each, the next 2 bought two each, and the final 3 bought none. How many DVDs did he sell?",
-    24: "A burning candle gets 2 cm shorter every hour. By how many centimeters will it shrink if it burns from 1 PM until 5 PM?",
-    25: "Kyle paid $19.50 for last year's bestseller after a 25% discount. What was the price before the discount?",
-    26: "Marie bought a $12 chicken meal, five packs of milk at $3 each, four apples at $1.50 each and some pizzas at $8.50 a box, paying $50 altogether. How many pizza boxes did she buy?",
-    27: "Mishka purchased 3 pairs each of shorts, pants and shoes. Shorts cost $16.50 a pair, pants $22.50 a pair and shoes $42 a pair. How much did she spend on clothes in total?",
-    28: "Cynthia has a serving of ice cream every night. A carton holds 15 servings and costs $4. How much does she spend on ice cream over 60 days?",
-    29: "On a 60-mile bike ride Henry stopped twice: first after 20 miles, and again 15 miles before the finish. How far did he ride between the two stops?",
-}
+PARAPHRASES = {int(line): text for line, text in json.loads(
+    (Path(__file__).parent / "data" / "gsm8k_test_paraphrases.json").read_text(encoding="utf-8")).items()}
 
 
+@pytest.mark.slow
 def test_embedding_method_paraphrase_recall(shared_data, tmp_path):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("faiss")
@@ -292,7 +366,7 @@ def test_embedding_method_paraphrase_recall(shared_data, tmp_path):
     records += [{"id": f"para/{line}", "text": t} for line, t in PARAPHRASES.items()]
     # A paraphrase buried in a long paragraph: only the row's windows can see it.
     buried = {}
-    for (line, t), ctx in zip(list(PARAPHRASES.items())[:4], long_ctx):
+    for (line, t), ctx in zip(list(PARAPHRASES.items())[:4], long_ctx, strict=False):
         w = ctx["text"].split()
         buried[f"buried/{line}"] = line
         records.append({"id": f"buried/{line}", "text": " ".join(w[:60] + [t] + w[60:])})
@@ -308,7 +382,7 @@ def test_embedding_method_paraphrase_recall(shared_data, tmp_path):
     }, tmp_path)
     table = pa.concat_tables(pa.ipc.open_stream(Path(res.out_dir) / s["path"]).read_all() for s in res.shards)
     got = {i: (s, n, it) for i, s, n, it in zip(*(table.column(c).to_pylist() for c in (
-        "id", "decontam_embed_score", "decontam_ngram_score", "decontam_item")))}
+        "id", "decontam_embed_score", "decontam_ngram_score", "decontam_item")), strict=True)}
     para = [got[f"para/{line}"] for line in PARAPHRASES]
     clean_scores = sorted((got[r["id"]][0] for r in clean), reverse=True)
     near_scores = sorted((got[r["id"]][0] for r in near), reverse=True)

@@ -2,8 +2,8 @@
 OpenAI-compatible server on a loopback port, both model-in-the-loop selectors run with
 `thresher run` on synthetic arithmetic problems.
 
-Marked `model` (still run by .ci/run); skipped with the reason when llama-cpp-python or the
-model package is not installed. CPU-sized: ~1 s per call, so a dozen problems, few rollouts,
+Marked `model` and `slow` (still run by .ci/run); skipped with the reason when
+llama-cpp-python or the model package is not installed. CPU-sized: ~1 s per call, so a dozen problems, few rollouts,
 small MCTS budgets, short generations (~1.5 min in all).
 """
 
@@ -22,7 +22,7 @@ import yaml
 from tests.conftest import ROOT
 from thresher.testing import llama_server as local_server
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

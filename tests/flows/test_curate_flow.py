@@ -18,7 +18,10 @@ import yaml
 
 from thresher.load import load_manifest
 
-DEMO = Path(__file__).resolve().parents[1] / "thresher" / "data" / "demo"
+# Whole recipes through the CLI / a real runner: end-to-end, so outside the fast loop.
+pytestmark = pytest.mark.slow
+
+DEMO = Path(__file__).resolve().parents[2] / "thresher" / "data" / "demo"
 
 
 def _recipe(tmp: Path, out: str) -> Path:

@@ -1,4 +1,5 @@
-"""`semantic_dedup`: planted near-duplicates of real general_pool rows go, distinct rows stay."""
+"""`semantic_dedup`: the greedy walk and the hooks on hand-made vectors (fast); planted
+near-duplicates of real general_pool rows go, distinct rows stay (real model, slow)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 
 from tests._general_pool import short_rows, write_jsonl
 from tests.conftest import run_recipe
-from thresher.stages.features import embed
-from thresher.recipe.schema import RecipeError
-from thresher.stages.dedup.semantic_dedup import _dedup_cluster, greedy_dedup
+from thresher.core.context import StageContext
+from thresher.models import embeddings
+from thresher.recipe.schema import Recipe, RecipeError
+from thresher.stages.dedup.semantic_dedup import SemanticDedup, dedup_cluster, greedy_dedup
+from thresher.testing.harness import make_batch, run_stage
 
 
 def _unit(x):
@@ -50,8 +53,60 @@ def test_keep_rule_picks_the_survivor(rule, kept):
     v = _unit([[1, 0.01], [1, 0.0]])
     # row key 1 is the first row; row key 2 lies farther from the centroid (similarity 0.9 vs 0.95)
     part = (np.array([1, 2], np.uint64), np.array(["k1", "k2"], object), v, np.array([0.95, 0.9], np.float32))
-    out = next(_dedup_cluster((0, [part]), 0.99, rule))
+    out = next(dedup_cluster((0, [part]), 0.99, rule))
     assert out["dropped"] == 1 and list(out["dup_of"]) == [kept]
+
+
+def test_decide_looks_up_each_row_in_the_decisions():
+    batch = make_batch([{"text": t} for t in "abcd"])  # row keys 0..3
+    decisions = {"keys": np.array([1, 3], np.uint64), "sim": np.array([0.5, 0.995], np.float32),
+                 "dup_of": np.array([None, "0"], object)}
+    keep, reason, cols = SemanticDedup().decide(batch, decisions)
+    assert keep.tolist() == [True, True, True, False] and reason == "near_duplicate"
+    assert cols["semdup_of"].to_pylist() == [None, None, None, "0"]
+    assert cols["semdup_similarity"].to_pylist() == pytest.approx([None, 0.5, None, 0.995])
+    empty = {"keys": np.zeros(0, np.uint64), "sim": np.zeros(0, np.float32), "dup_of": np.zeros(0, object)}
+    keep, _, cols = SemanticDedup().decide(batch, empty)
+    assert keep.all() and cols["semdup_similarity"].null_count == 4
+
+
+def _stage(params: dict, tmp_path, stages: list[dict] | None = None) -> SemanticDedup:
+    """A semantic_dedup stage placed after `stages` (default: one `embed`) in a recipe."""
+    stages = [{"type": "embed"}] if stages is None else stages
+    recipe = Recipe.model_validate({"sources": [{"name": "test", "paths": ["<memory>"]}], "base_dir": str(tmp_path),
+                                    "stages": [*stages, {"type": "semantic_dedup", "params": params}]})
+    ctx = StageContext(name="semantic_dedup", seed=1, out_dir=str(tmp_path), work_dir=str(tmp_path / "_work"),
+                       recipe=recipe, index=len(stages), write_dropped=True)
+    return SemanticDedup(params, ctx)
+
+
+def test_check_wants_an_embed_stage_before_it_writing_the_column(tmp_path):
+    assert _stage({}, tmp_path).check() == []
+    assert _stage({"column": "vec"}, tmp_path, [{"type": "embed", "params": {"column": "vec"}}]).check() == []
+    for before in ([], [{"type": "exact_dedup"}], [{"type": "embed", "params": {"column": "vec"}}]):
+        (problem,) = _stage({}, tmp_path, before).check()
+        assert problem.startswith("params.column:") and "no `embed` stage before it" in problem
+
+
+def test_stage_run_drops_near_copies_of_kept_rows(tmp_path):
+    rng = np.random.default_rng(4)
+    base = _unit(rng.standard_normal((12, 8)))
+    vectors = np.concatenate([base, _unit(base[[2, 5, 9]] + 0.01 * rng.standard_normal((3, 8)))])
+    rows = [{"text": f"t{i}", "id": f"r{i}"} for i in range(len(vectors))]
+    batches = [make_batch(rows[i:i + 4], first_key=i).append_column("embedding", embeddings.to_arrow(vectors[i:i + 4]))
+               for i in range(0, len(rows), 4)]
+    res = run_stage(_stage({"eps": 0.05, "n_clusters": 1}, tmp_path), batches, out_dir=str(tmp_path))
+    assert res.kept.column("id").to_pylist() == [f"r{i}" for i in range(12)]
+    assert res.dropped.column("id").to_pylist() == ["r12", "r13", "r14"]
+    assert res.dropped.column("semdup_of").to_pylist() == ["r2", "r5", "r9"]
+    assert set(res.dropped.column("drop_reason").to_pylist()) == {"near_duplicate"}
+    assert "semdup_of" not in res.kept.schema.names and "semdup_similarity" in res.kept.schema.names
+    assert min(res.dropped.column("semdup_similarity").to_pylist()) > 0.95
+    assert res.counters["semantic_dedup/in/test"] == 15
+    assert res.counters["semantic_dedup/dropped/near_duplicate/test"] == 3
+    assert res.report == {"rows": 15, "clusters": 1, "kmeans_train_rows": 15, "nonempty_clusters": 1,
+                          "largest_cluster": 15, "dropped": 3, "eps": 0.05, "threshold": 0.95, "keep": "first",
+                          "seed": 1, "artifacts": []}
 
 
 def test_semantic_dedup_without_an_embed_stage_is_a_recipe_error(tmp_path):
@@ -75,11 +130,12 @@ def _read(out_dir, infos):
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+@pytest.mark.slow
 def test_planted_near_duplicates_are_dropped_and_distinct_rows_kept(shared_data, tmp_path):
     rows = short_rows(shared_data, 150)
     sources = rows[::10][:12]
     planted = [{"id": f"planted-{i}", "text": _edit(r["text"], i)} for i, r in enumerate(sources)]
-    origin = {p["id"]: r["id"] for p, r in zip(planted, sources)}
+    origin = {p["id"]: r["id"] for p, r in zip(planted, sources, strict=True)}
     # Planted rows come last, so with keep: first the original is the row kept.
     write_jsonl(tmp_path / "in.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows] + planted)
     eps = 0.1
@@ -96,8 +152,8 @@ def test_planted_near_duplicates_are_dropped_and_distinct_rows_kept(shared_data,
     res = run_recipe(recipe, tmp_path)
     kept, dropped = _read(res.out_dir, res.shards), _read(res.out_dir, res.dropped)
     assert kept.num_rows + dropped.num_rows == len(rows) + len(planted)
-    dup_of = dict(zip(dropped.column("id").to_pylist(), dropped.column("semdup_of").to_pylist()))
-    stage_of = dict(zip(dropped.column("id").to_pylist(), dropped.column("drop_stage").to_pylist()))
+    dup_of = dict(zip(dropped.column("id").to_pylist(), dropped.column("semdup_of").to_pylist(), strict=True))
+    stage_of = dict(zip(dropped.column("id").to_pylist(), dropped.column("drop_stage").to_pylist(), strict=True))
     kept_ids = set(kept.column("id").to_pylist())
 
     # Every planted copy is dropped as a duplicate of its original, which is kept; most already
@@ -110,8 +166,9 @@ def test_planted_near_duplicates_are_dropped_and_distinct_rows_kept(shared_data,
 
     # Every drop is justified: its kept twin is above the threshold, as recorded.
     vec = {i: v for t in (kept, dropped)
-           for i, v in zip(t.column("id").to_pylist(), embed.to_numpy(t.column("embedding")))}
-    recorded = dict(zip(dropped.column("id").to_pylist(), dropped.column("semdup_similarity").to_pylist()))
+           for i, v in zip(t.column("id").to_pylist(), embeddings.to_numpy(t.column("embedding")), strict=True)}
+    recorded = dict(zip(dropped.column("id").to_pylist(), dropped.column("semdup_similarity").to_pylist(),
+                        strict=True))
     for i, twin in dup_of.items():
         assert twin in kept_ids
         sim = float(vec[i] @ vec[twin])
@@ -122,7 +179,7 @@ def test_planted_near_duplicates_are_dropped_and_distinct_rows_kept(shared_data,
     m = np.stack([vec[i] for i in ids])
     sims = m @ m.T
     np.fill_diagonal(sims, -1)
-    distinct = {i for i, s in zip(ids, sims.max(axis=1)) if s <= 1 - eps}
+    distinct = {i for i, s in zip(ids, sims.max(axis=1), strict=True) if s <= 1 - eps}
     assert len(distinct) >= 120 and distinct <= kept_ids
     k = np.array([i in kept_ids for i in ids])
     assert sims[np.ix_(k, k)].max() <= 1 - eps

@@ -21,6 +21,9 @@ from tests.conftest import demo_pool_rows
 from thresher.cli import app
 from thresher.load import load_hf, load_manifest, open_dataset, read_shard, shard_paths
 
+# Whole recipes through the CLI / a real runner: end-to-end, so outside the fast loop.
+pytestmark = pytest.mark.slow
+
 def _pool_rows(n: int, offset: int = 0) -> list[dict]:
     return demo_pool_rows(n, offset)
 
@@ -152,7 +155,8 @@ def test_pyarrow_dataset_over_both_ipc_formats(mixed_inputs):
     assert pads.dataset(files, format="arrow").count_rows() == 900
     assert len(datasets.load_dataset("arrow", data_files=files, split="train")) == 900
     # Same rows, same order, whichever format.
-    assert open_dataset(str(tmp / "out_file")).to_table().column("id") == open_dataset(stream_out).to_table().column("id")
+    ids = open_dataset(stream_out).to_table().column("id")
+    assert open_dataset(str(tmp / "out_file")).to_table().column("id") == ids
 
 
 def test_same_recipe_gives_byte_identical_shards_any_parallelism(mixed_inputs):
@@ -205,7 +209,7 @@ def test_exact_dedup_keeps_first_occurrence_and_records_dropped(tmp_path):
     m = load_manifest(str(tmp_path / "out"))
     assert m["counts"]["by_source"]["b"]["dropped"] == {"exact_dedup": {"duplicate": 9}}
     dropped = read_shard(str(tmp_path / "out" / m["dropped"][0]["path"]))
-    pairs = dict(zip(dropped.column("id").to_pylist(), dropped.column("duplicate_of").to_pylist()))
+    pairs = dict(zip(dropped.column("id").to_pylist(), dropped.column("duplicate_of").to_pylist(), strict=True))
     assert pairs == {f"dup{i}": rows[i]["id"] for i in range(10) if i != 3}
     assert set(dropped.column("drop_reason").to_pylist()) == {"duplicate"}
 
@@ -233,8 +237,8 @@ def test_portable_runner_gives_the_same_shards(mixed_inputs):
     tmp = mixed_inputs["dir"]
     recipe = mixed_inputs["recipe"]
     digests = []
-    for name, runner in (("local", {}), ("portable", {"runner": "PortableRunner",
-                                                       "options": {"job_endpoint": "embed", "environment_type": "LOOPBACK"}})):
+    portable = {"runner": "PortableRunner", "options": {"job_endpoint": "embed", "environment_type": "LOOPBACK"}}
+    for name, runner in (("local", {}), ("portable", portable)):
         r = dict(recipe, output=dict(recipe["output"], dir=name), runner=runner)
         res = CliRunner().invoke(app, ["run", str(_write_recipe(tmp, r)), "--no-prefect"])
         assert res.exit_code == 0, res.output

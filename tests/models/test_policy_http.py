@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP policy against a real local server that misbehaves on purpose:
 500s, 429s, hangs, malformed JSON, refused connections. Runs finish, failures are counted by
-kind, and no row is lost."""
+kind, and no row is lost (the whole-recipe run of both model selectors is marked slow)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,17 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import run_recipe
+from thresher.models.openai_policy import OpenAIPolicy
 from thresher.models.policy import (
-    CONNECTION, HTTP_4XX, HTTP_5XX, HTTP_429, MALFORMED, TIMEOUT, OpenAIPolicy, PolicyParams, Request,
-    SamplingParams, request_seed,
+    CONNECTION,
+    HTTP_4XX,
+    HTTP_5XX,
+    MALFORMED,
+    TIMEOUT,
+    PolicyParams,
+    Request,
+    SamplingParams,
+    request_seed,
 )
 
 SECRET = "sk-test-very-secret-0123456789"
@@ -116,7 +124,7 @@ def test_each_failure_kind_is_reported(server, monkeypatch):
     pol = _policy(_url(server), api_key_env="TEST_POLICY_KEY")
     prompts = ["ok answer=5", "fail500", "flaky answer=6", "busy answer=7", "hang", "garbage", "noshape", "reject"]
     gens = pol.generate([Request(p, sample="0") for p in prompts], SamplingParams(), seed=0)
-    got = {p: (g.text, g.error) for p, g in zip(prompts, gens)}
+    got = {p: (g.text, g.error) for p, g in zip(prompts, gens, strict=True)}
     assert got["ok answer=5"][0] in ("The answer is 5.", "The answer is -1.")
     assert got["flaky answer=6"][1] is None and got["busy answer=7"][1] is None  # retried, then fine
     assert got["fail500"] == (None, HTTP_5XX)
@@ -148,6 +156,7 @@ def _rows(run):
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 
+@pytest.mark.slow
 def test_pipeline_finishes_counts_failures_and_loses_nothing(server, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TEST_POLICY_KEY", SECRET)
     kinds = ["ok", "fail500", "hang", "garbage", "ok", "flaky"]

@@ -1,0 +1,33 @@
+"""Parquet: one read task per row group, so a runner spreads one big file over workers.
+
+Rows are numbered from 0 over the whole file (a row group's first row follows the row counts
+of the groups before it).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from thresher.io.readers.base import ColumnarReader, check_fields
+from thresher.io.records import table_to_batches
+from thresher.io.tasks import Batches, ReadTask
+from thresher.recipe.schema import Source
+
+
+class ParquetReader(ColumnarReader):
+    def schema(self, source: Source, path: str) -> pa.Schema:
+        return pq.read_schema(path)
+
+    def check(self, source: Source, path: str) -> list[int | None]:
+        pf = pq.ParquetFile(path)
+        check_fields(source, path, pf.schema_arrow)
+        return list(range(pf.num_row_groups)) or [None]
+
+    def read(self, task: ReadTask, batch_rows: int) -> Batches:
+        pf = pq.ParquetFile(task.path)
+        if task.part is None:
+            yield from table_to_batches(task, pf.read(), 0, batch_rows)
+        else:
+            first = sum(pf.metadata.row_group(i).num_rows for i in range(task.part))
+            yield from table_to_batches(task, pf.read_row_group(task.part), first, batch_rows)
