@@ -5,17 +5,31 @@ which is what `datasets.Dataset.from_file` memory-maps; `load_dataset("arrow")` 
 formats. `pyarrow.dataset`'s "arrow" format needs the IPC *file* format: either set
 `output.ipc_format: file`, or use `open_dataset()` below, which builds a pyarrow Dataset over
 memory-mapped stream shards (zero-copy for uncompressed shards).
+
+A manifest is trusted only while its shards match it: `shard_paths` (and so every loader
+here) checks each shard's size against the manifest (a stat per shard), or its sha256 with
+`verify="sha256"` (reads every byte), and raises `ShardMismatchError` naming the shard.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
+from thresher.core.errors import UserError
+from thresher.io.atomic import sha256_file
+
 MANIFEST = "manifest.json"
+
+Verify = Literal["size", "sha256", "none"]
+
+
+class ShardMismatchError(UserError):
+    """A shard is missing or differs from what the manifest says: the folder changed after the
+    run finished (another run writing into it, a copy cut short), so its rows cannot be trusted."""
 
 
 def load_manifest(out_dir: str) -> dict[str, Any]:
@@ -29,10 +43,31 @@ def load_manifest(out_dir: str) -> dict[str, Any]:
         return json.load(fh)
 
 
-def shard_paths(out_dir: str, manifest: dict[str, Any] | None = None) -> list[str]:
-    """Absolute paths of a finished run's shards, in order."""
+def shard_paths(out_dir: str, manifest: dict[str, Any] | None = None, verify: Verify = "size") -> list[str]:
+    """Absolute paths of a finished run's shards, in order, each checked against the manifest."""
     manifest = manifest or load_manifest(out_dir)
-    return [os.path.join(out_dir, s["path"]) for s in manifest["shards"]]
+    paths = []
+    for s in manifest["shards"]:
+        path = os.path.join(out_dir, s["path"])
+        if verify != "none":
+            _verify(path, s, verify)
+        paths.append(path)
+    return paths
+
+
+def _verify(path: str, entry: dict[str, Any], verify: Verify) -> None:
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise ShardMismatchError(f"{path}: listed in the manifest but missing; the run's folder was changed "
+                                 "after it finished: rerun it") from None
+    if size != entry["bytes"]:
+        raise ShardMismatchError(f"{path}: {size} bytes on disk, the manifest lists {entry['bytes']}; the run's "
+                                 "folder was changed after it finished: rerun it")
+    if verify == "sha256" and (digest := sha256_file(path)) != entry["sha256"]:
+        raise ShardMismatchError(f"{path}: sha256 {digest[:16]}… on disk, the manifest lists "
+                                 f"{entry['sha256'][:16]}…; the run's folder was changed after it finished: "
+                                 "rerun it")
 
 
 def read_shard(path: str) -> pa.Table:
@@ -44,22 +79,23 @@ def read_shard(path: str) -> pa.Table:
         return pa.ipc.open_file(pa.memory_map(path)).read_all()
 
 
-def open_dataset(out_dir: str):
+def open_dataset(out_dir: str, verify: Verify = "size"):
     """A `pyarrow.dataset.Dataset` over a run's shards."""
     import pyarrow.dataset as pads
 
     manifest = load_manifest(out_dir)
-    paths = shard_paths(out_dir, manifest)
+    paths = shard_paths(out_dir, manifest, verify)
     if manifest.get("ipc_format") == "file":
         return pads.dataset(paths, format="arrow")
     return pads.dataset([read_shard(p) for p in paths])
 
 
-def load_hf(out_dir: str):
+def load_hf(out_dir: str, verify: Verify = "size"):
     """The run's shards as one `datasets.Dataset` (memory-mapped, no copy)."""
     import datasets
 
-    paths = shard_paths(out_dir)
-    if load_manifest(out_dir).get("ipc_format") == "file":
+    manifest = load_manifest(out_dir)
+    paths = shard_paths(out_dir, manifest, verify)
+    if manifest.get("ipc_format") == "file":
         return datasets.load_dataset("arrow", data_files=paths, split="train")
     return datasets.concatenate_datasets([datasets.Dataset.from_file(p) for p in paths])

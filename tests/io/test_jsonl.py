@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import demo_pool_rows, run_recipe
+from thresher.engine.build import BadInputError
 from thresher.io.ingest import plan_reads, read_task
 from thresher.io.readers import READERS, jsonl
 from thresher.load import read_shard
@@ -39,14 +41,18 @@ def _truncated_gzip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_truncated_gzip_is_quarantined_not_fatal(tmp_path):
+def test_truncated_gzip_fails_the_source_and_says_where(tmp_path):
+    # Was: quarantined, and the run passed under max_bad_fraction. A file read only part-way
+    # is a failed source now (issue 10), whatever the fraction.
     _truncated_gzip(tmp_path)
-    res = run_recipe({"sources": [{"name": "c", "paths": ["cut.jsonl.gz"], "max_bad_fraction": 0.01}],
-                      "output": {"dir": "out"}}, tmp_path)
-    assert res.counters["unreadable_files/c"] == 1
-    q = read_shard(str(Path(res.out_dir) / res.quarantine[0]["path"])).to_pylist()
-    assert q[-1]["reason"].startswith("file unreadable") and q[-1]["source_row"] == -1
-    assert 0 < res.counters["written/c"] < 2000
+    with pytest.raises(BadInputError, match=r"source 'c': .*cut\.jsonl\.gz"):
+        run_recipe({"sources": [{"name": "c", "paths": ["cut.jsonl.gz"], "max_bad_fraction": 0.01}],
+                    "output": {"dir": "out"}}, tmp_path)
+    q = read_shard(str(tmp_path / "out" / "quarantine" / "part-00000-00000.arrow")).to_pylist()
+    assert len(q) == 1 and q[0]["source_row"] == -1
+    assert re.fullmatch(r"file unreadable: .*cut\.jsonl\.gz: cannot be read past line \d+ \(file byte \d+\): "
+                        r"truncated gzip stream near byte \d+: Compressed file ended before the end-of-stream "
+                        r"marker was reached", q[0]["reason"])
 
 
 def test_truncated_gzip_yields_the_rows_before_the_break_then_raises(tmp_path):

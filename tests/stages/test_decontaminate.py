@@ -336,7 +336,8 @@ def test_missing_file_or_field_is_an_error_before_work(shared_data, tmp_path):
     base = {"sources": [{"name": "pool", "paths": ["pool.jsonl"]}], "output": {"dir": "out"}}
     cases = {
         "file not found": {"preset": "gsm8k", "paths": ["nope/test.jsonl.gz"]},
-        "no field 'problem'": {"preset": "math500", "paths": [str(shared_data / "gsm8k" / "test.jsonl.gz")]},
+        "field 'problem' is not in the records": {"preset": "math500",
+                                                  "paths": [str(shared_data / "gsm8k" / "test.jsonl.gz")]},
     }
     for needle, bench in cases.items():
         with pytest.raises(RecipeError) as err:

@@ -25,14 +25,6 @@ class StageContext:
             return self.recipe.resolve(path)
         return os.path.abspath(path)
 
-    @property
-    def batch_rows(self) -> int:
-        return self.recipe.batch_rows if self.recipe is not None else 4096
-
-    @property
-    def reports_dir(self) -> str:
-        return os.path.join(self.out_dir, "reports")
-
     def earlier_stages(self) -> list:
         """The recipe's stage specs before this one (for checks like "an embed stage first")."""
         return list(self.recipe.stages[: self.index]) if self.recipe is not None else []

@@ -21,8 +21,15 @@ def format_error(err: dict[str, Any], prefix: str = "") -> str:
     path = ".".join(p for p in (prefix, loc) if p) or "<root>"
     got = err.get("input")
     tail = "" if err.get("type") == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
-    return f"{path}: {err.get('msg', 'invalid')}{tail}"
+    # pydantic prefixes a validator's ValueError with "Value error, ": noise to a reader.
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{path}: {msg}{tail}"
 
 
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     return [format_error(e, prefix) for e in exc.errors()]
+
+
+class UserError(RuntimeError):
+    """A failure whose one-line message already says what went wrong and what to do (exit 1):
+    the command line prints it as it is, without a traceback."""

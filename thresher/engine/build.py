@@ -3,9 +3,11 @@
     sources -> Ingest -> stage 1 -> ... -> stage N -> WriteShards -> OUT/shards/
                   \\-> quarantine -> OUT/quarantine/        dropped rows -> OUT/dropped/
 
-`run_pipeline` prepares the output directory (removes the old manifest first, so a directory
-with a half-finished run never looks complete), runs the pipeline, and returns a `RunResult`
-with the Beam counters and the shard lists that `flows.publish` turns into the manifest.
+`run_pipeline` prepares the output directory (records which files earlier runs wrote, then
+removes the old manifest, so a directory with a half-finished run never looks complete), runs
+the pipeline, and returns a `RunResult` with the Beam counters and the shard lists that
+`flows.publish` turns into the manifest. The caller holds the folder's lock
+(`engine.outdir.output_lock`) around prepare -> run -> publish.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from thresher.core import counters as names
+from thresher.engine import duplicate_ids
+from thresher.engine.outdir import record_owned
 from thresher.engine.plan import RunPlan
 from thresher.io.atomic import sweep_temp_files
-from thresher.io.ingest import ReadSources
+from thresher.io.ingest import ReadSources, failed_reads
 from thresher.io.shards import WriteQuarantine, WriteShards
 
 log = logging.getLogger("thresher.build")
@@ -46,16 +50,20 @@ class RunResult:
 
 
 class BadInputError(RuntimeError):
-    """Too many malformed records in a source (over `max_bad_fraction`)."""
+    """Input the run cannot accept: too many malformed records in a source (over
+    `max_bad_fraction`), a file that could not be read to its end, duplicate ids under
+    `on_duplicate_id: error`."""
 
 
 def prepare_out_dir(plan: RunPlan) -> None:
+    """Ready OUT for a run. Deletes nothing a user wrote: only thresher's temp files and work
+    folder; earlier runs' files stay until `publish` removes those this run did not rewrite."""
     os.makedirs(plan.out_dir, exist_ok=True)
+    record_owned(plan.out_dir, plan.manifest_path, plan.work_dir)  # before the manifest goes
     if os.path.exists(plan.manifest_path):
         os.unlink(plan.manifest_path)  # the directory stops looking complete before any shard changes
     sweep_temp_files(plan.out_dir)
     shutil.rmtree(plan.work_dir, ignore_errors=True)
-    shutil.rmtree(os.path.join(plan.out_dir, "reports"), ignore_errors=True)
     os.makedirs(plan.work_dir, exist_ok=True)
 
 
@@ -63,6 +71,8 @@ def build(plan: RunPlan, pipeline) -> None:
     """Add the whole curation graph to `pipeline`."""
     recipe, out = plan.recipe, plan.recipe.output
     batches, quarantine = pipeline | ReadSources(plan.tasks, recipe.batch_rows)
+    file_sources = {t.file_index: t.source.name for t in plan.tasks}
+    batches = batches | duplicate_ids.DuplicateIds(recipe.on_duplicate_id, plan.work_dir, file_sources)
     dropped = []
     for stage in plan.stages:
         t = stage.transform()
@@ -99,7 +109,10 @@ def run_pipeline(plan: RunPlan) -> RunResult:
     )
     with open(os.path.join(work, "run_result.json"), "w") as fh:
         json.dump(run.to_json(), fh)
-    check_bad_fraction(plan, counters)
+    check_bad_fraction(plan, counters, failed_reads(plan.out_dir, run.quarantine))
+    problem = duplicate_ids.check(plan.recipe.on_duplicate_id, work)
+    if problem:
+        raise BadInputError(problem)
     return run
 
 
@@ -135,12 +148,21 @@ def _reports(work: str, out_dir: str) -> dict[str, Any]:
     return out
 
 
-def check_bad_fraction(plan: RunPlan, counters: dict[str, int]) -> None:
+def check_bad_fraction(plan: RunPlan, counters: dict[str, int], failed: dict[str, list[str]] | None = None) -> None:
+    """Fail the run (one line) for a source over `max_bad_fraction`, or with a file that could
+    not be read to its end: its rows past the break are missing, whatever the fraction."""
     problems = []
     for s in plan.recipe.sources:
         read = counters.get(f"{names.READ}/{s.name}", 0)
         bad = counters.get(f"{names.QUARANTINED}/{s.name}", 0)
-        if read and bad / read > s.max_bad_fraction:
+        unreadable = counters.get(f"{names.UNREADABLE}/{s.name}", 0)
+        if unreadable:
+            why = "; ".join((failed or {}).get(s.name, []))
+            problems.append(
+                f"source {s.name!r}: {unreadable} file(s) could not be read to the end"
+                + (f": {why}" if why else "; see quarantine/ (rows with source_row -1)")
+            )
+        elif read and bad / read > s.max_bad_fraction:
             problems.append(
                 f"source {s.name!r}: {bad} of {read} records ({bad / read:.1%}) were malformed, over "
                 f"max_bad_fraction={s.max_bad_fraction:g}; see quarantine/ for each record's file, line "

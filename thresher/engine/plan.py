@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from thresher.core.context import StageContext
 from thresher.core.errors import RecipeError
 from thresher.core.registry import make_stage, split_version, stage_class
+from thresher.engine.outdir import foreign_manifest_problem, overlap_problems
 from thresher.io.ingest import InputError, plan_reads
 from thresher.io.shards import auto_partitions
 from thresher.recipe.load import load_recipe
@@ -44,6 +45,8 @@ class RunPlan(BaseModel):
     runner: str  # the Beam runner class or name actually used
     runner_options: dict[str, Any] = Field(default_factory=dict)
     partitions: int = 1
+    # Another run holding the output folder: wait for it (True) or fail at once (False).
+    wait_for_lock: bool = False
     # Worker-side objects: not part of the plan's JSON form.
     tasks: list[Any] = Field(default_factory=list, exclude=True)  # io.ingest.ReadTask per file / row group
     stages: list[Any] = Field(default_factory=list, exclude=True)  # built stages, params validated, checked
@@ -111,6 +114,8 @@ def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = N
         tasks, inputs = plan_reads(recipe, with_hashes=with_hashes)
     except InputError as exc:
         problems += exc.problems
+    problems += overlap_problems(recipe, out, [x.path for x in inputs if "://" not in x.path])
+    problems += filter(None, [foreign_manifest_problem(os.path.join(out, MANIFEST))])
     stages = []
     for i, spec in enumerate(recipe.stages):
         ctx = StageContext(name=stage_name(spec), seed=recipe.seed, out_dir=out,

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from thresher.engine.build import run_pipeline
+from thresher.engine.outdir import output_lock
 from thresher.engine.plan import RunPlan, plan_recipe
 from thresher.flows.publish import publish
 
@@ -51,8 +52,11 @@ def curate(recipe_path: str, out: str | None = None, runner: str | None = None,
         plan = plan_task(recipe_path, out, runner, overrides)
     get_run_logger().info("recipe %s is valid (sha256 %s): %d input file(s), %d stage(s) -> %s", recipe_path,
                           plan.recipe.hash()[:12], len(plan.inputs), len(plan.stages), plan.out_dir)
-    run = run_beam(plan)
-    return publish_manifest(plan, run)
+    # One run per output folder, from before it is prepared until the manifest is out; the
+    # lock goes with this process (released on failure, and by the kernel on SIGKILL).
+    with output_lock(plan.out_dir, wait=plan.wait_for_lock):
+        run = run_beam(plan)
+        return publish_manifest(plan, run)
 
 
 def serve(recipe_path: str, cron: str | None = None, interval: float | None = None,

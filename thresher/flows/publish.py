@@ -4,6 +4,10 @@ The manifest is the contract with training jobs: it lists every shard with its r
 and sha256, the schema, the resolved recipe and its hash, the inputs (path, size, sha256),
 and where every input row went (read = written + quarantined + dropped by each stage, per
 source). A directory without `manifest.json` is an unfinished run.
+
+`files` lists every path the run wrote; the next run into the folder deletes only files an
+earlier manifest (or an unfinished run's ledger) lists and it did not rewrite, never
+anything else in the folder (a user's notes, their own indexes).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import thresher
 from thresher.core import counters as names
 from thresher.engine.build import RunResult
+from thresher.engine.outdir import forget_owned, owned_files, remove_owned
 from thresher.engine.plan import RunPlan
 from thresher.io.atomic import write_bytes_atomic
 from thresher.load import read_shard
@@ -55,7 +60,9 @@ def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
         "seconds": round(run.seconds, 3),
         "inputs": [x.__dict__ for x in plan.inputs],
         "counts": {"total": totals, "by_source": by_source,
-                   "balanced": all(v["balanced"] for v in by_source.values())},
+                   "balanced": all(v["balanced"] for v in by_source.values()),
+                   # rows whose id an earlier row had (engine.duplicate_ids); renamed under `rename`
+                   "duplicate_ids": {s: run.counters.get(f"duplicate_ids/{s}", 0) for s in plan.source_names}},
         "stages": stages,
         "num_rows": sum(s["rows"] for s in run.shards),
         "num_bytes": sum(s["bytes"] for s in run.shards),
@@ -66,7 +73,16 @@ def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
         "artifacts": _artifacts(run),
         "dropped": run.dropped,
         "counters": run.counters,
+        "files": _files(run),
     }
+
+
+def _files(run: RunResult) -> list[str]:
+    """Every file this run wrote under OUT (relative paths): what the next run may delete."""
+    listed = [x["path"] for k in (run.shards, run.dropped, run.quarantine) for x in k]
+    listed += [a["path"] for a in _artifacts(run)]
+    listed += [f"reports/{name}.json" for name in run.reports]  # copied there by engine.build
+    return sorted(set(listed))
 
 
 def _shard_schema(run: RunResult) -> dict[str, Any] | None:
@@ -81,12 +97,12 @@ def _shard_schema(run: RunResult) -> dict[str, Any] | None:
 
 
 def publish(plan: RunPlan, run: RunResult) -> str:
-    """Write the manifest (last), remove files no longer listed. Returns the manifest path."""
+    """Remove what earlier runs wrote and this one did not, write the manifest (last).
+    Returns the manifest path. Safe to retry (the flow's task retries it)."""
     manifest = build_manifest(plan, run)
-    for kind, listed in (("shards", run.shards), ("dropped", run.dropped), ("quarantine", run.quarantine)):
-        _remove_unlisted(run.out_dir, kind, {s["path"] for s in listed})
-    _remove_stale_indexes(run.out_dir, {a["path"] for a in manifest["artifacts"]})
+    remove_owned(run.out_dir, owned_files(run.out_dir), set(manifest["files"]))
     write_bytes_atomic(plan.manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
+    forget_owned(run.out_dir)
     shutil.rmtree(plan.work_dir, ignore_errors=True)
     return plan.manifest_path
 
@@ -99,23 +115,3 @@ def _artifacts(run: RunResult) -> list[dict[str, Any]]:
             if os.path.isfile(path):
                 out.append({"stage": stage, "path": rel, "bytes": os.path.getsize(path)})
     return out
-
-
-def _remove_stale_indexes(out_dir: str, keep: set[str]) -> None:
-    """Index files an earlier run into this directory left, that this run did not list."""
-    d = os.path.join(out_dir, "indexes")
-    if not os.path.isdir(d):
-        return
-    for f in os.listdir(d):
-        if f"indexes/{f}" not in keep and os.path.isfile(os.path.join(d, f)):
-            os.unlink(os.path.join(d, f))
-
-
-def _remove_unlisted(out_dir: str, kind: str, keep: set[str]) -> None:
-    """Shards a previous run wrote that this run did not (fewer partitions, say)."""
-    d = os.path.join(out_dir, kind)
-    if not os.path.isdir(d):
-        return
-    for f in os.listdir(d):
-        if f.endswith(".arrow") and f"{kind}/{f}" not in keep:
-            os.unlink(os.path.join(d, f))

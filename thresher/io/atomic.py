@@ -1,19 +1,22 @@
 """Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory.
 
 A reader (or a rerun after SIGKILL) therefore sees either the old file or the complete new
-one, never a half-written file under a final name. Temp files are named `.<name>.tmp-*` so
-a rerun can sweep the ones a killed run left behind.
+one, never a half-written file under a final name. Temp files are named
+`.<name>.tmp-<pid>-<8 hex>` so a rerun can sweep the ones a killed run left behind, and only
+those: a user's file that merely contains `.tmp-` is never touched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable
 from typing import BinaryIO
 
 TMP_MARK = ".tmp-"
+_TMP_NAME = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{8}")
 
 
 def _tmp_path(path: str) -> str:
@@ -67,7 +70,7 @@ def sweep_temp_files(directory: str) -> int:
         return 0
     for root, _dirs, files in os.walk(directory):
         for f in files:
-            if f.startswith(".") and TMP_MARK in f:
+            if _TMP_NAME.fullmatch(f):
                 os.unlink(os.path.join(root, f))
                 n += 1
     return n

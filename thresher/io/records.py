@@ -3,7 +3,8 @@
 Every reader ends here. Dict records (JSONL lines that needed the per-line path, hub rows) go
 through `records_to_batches`; Arrow tables (Parquet, Arrow IPC, CSV, `datasets`, JSONL blocks
 parsed by pyarrow) through `table_to_batches`. Both quarantine what cannot become a row —
-missing or non-string text, a failing template, empty text after normalisation — as
+missing or non-string text, a failing template, empty text after normalisation, invalid
+UTF-8 in any field, nesting deeper than `validity.MAX_NESTING` — as
 `QUARANTINE_SCHEMA` batches that keep the record's bytes, and both give the same rows for the
 same records (tests/io/test_jsonl.py compares them).
 """
@@ -22,6 +23,7 @@ import xxhash
 
 from thresher.core import rows
 from thresher.io.tasks import Batches, ReadTask
+from thresher.io.validity import MAX_NESTING, invalid_utf8_rows, nesting_depth, row_cells_bytes
 from thresher.recipe.schema import Normalize, Source
 
 RAW_LIMIT = 1 << 20  # keep at most 1 MiB of one bad record's bytes
@@ -157,7 +159,7 @@ def _text_of(src: Source, obj: dict, fields: list[str]) -> tuple[str | None, str
             return None, f"missing field {f!r} used by text_template", f
     try:
         return src.text_template.format(**obj), None, None
-    except (KeyError, IndexError, ValueError) as exc:
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
         return None, f"text_template failed: {exc}", None
 
 
@@ -241,6 +243,10 @@ def records_to_batches(task: ReadTask, records: Iterator[Record], batch_rows: in
                 chunk.quarantine(row_no, err, None, raw)
             elif not isinstance(obj, dict):
                 chunk.quarantine(row_no, f"not a JSON object (got {type(obj).__name__})", None, raw)
+            elif (not raw or raw.count(b"{") + raw.count(b"[") > MAX_NESTING) \
+                    and nesting_depth(obj) > MAX_NESTING:
+                # (Counting brackets first keeps the usual flat record free of the walk.)
+                chunk.quarantine(row_no, f"nested deeper than {MAX_NESTING} levels", None, raw)
             else:
                 text, reason, bad_field = _text_of(src, obj, fields)
                 if reason is not None:
@@ -269,17 +275,21 @@ def records_to_batches(task: ReadTask, records: Iterator[Record], batch_rows: in
 
 
 def _row_json(table: pa.Table, i: int) -> bytes:
-    return orjson.dumps(table.slice(i, 1).to_pylist()[0], default=str)
+    try:
+        return orjson.dumps(table.slice(i, 1).to_pylist()[0], default=str)
+    except UnicodeDecodeError:
+        return row_cells_bytes(table, i)
 
 
 def table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_rows: int,
                      row_numbers: np.ndarray | None = None,
-                     raw_by_row: Callable[[int], bytes] | None = None) -> Batches:
+                     raw_by_row: Callable[[int], bytes] | None = None, check_utf8: bool = True) -> Batches:
     """Columnar input -> canonical + quarantine batches of at most `batch_rows` rows.
 
     Rows are numbered from `first_row`, or by `row_numbers` when the caller knows better (CSV
     lines). `raw_by_row(row_number)` gives a bad row's original bytes when the caller has them
-    (JSONL); otherwise the row is kept as JSON."""
+    (JSONL); otherwise the row is kept as JSON. Rows with a string that is not UTF-8 are
+    quarantined (`check_utf8=False`: the caller has checked)."""
     src = task.source
 
     def raw(part: pa.Table, i: int, row_no: int) -> bytes:
@@ -292,16 +302,24 @@ def table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_rows
         else:
             row_nos = np.arange(first_row + off, first_row + off + part.num_rows, dtype=np.int64)
         q = None
+        if check_utf8:
+            invalid, invalid_field = invalid_utf8_rows(part)
+            if invalid.any():
+                bad = np.flatnonzero(invalid)
+                q = quarantine_batch(src.name, task.path, row_nos[bad].tolist(), ["invalid UTF-8"] * len(bad),
+                                     [invalid_field[int(i)] for i in bad], [raw(part, int(i), row_nos[i]) for i in bad])
+                part = part.filter(pa.array(~invalid))
+                row_nos = row_nos[~invalid]
         if src.text_template is None:
             text = part.column(src.text_field).combine_chunks()
             nulls = text.is_null()
             if text.null_count:
                 bad = np.flatnonzero(nulls.to_numpy(zero_copy_only=False))
-                q = quarantine_batch(
+                q = _merge_quarantine(q, quarantine_batch(
                     src.name, task.path, row_nos[bad].tolist(),
                     [f"missing text field {src.text_field!r}"] * len(bad), [src.text_field] * len(bad),
                     [raw(part, int(i), row_nos[i]) for i in bad],
-                )
+                ))
                 keep = pc.invert(nulls)
                 part = part.filter(keep)
                 text = text.filter(keep)
@@ -319,8 +337,8 @@ def table_to_batches(task: ReadTask, table: pa.Table, first_row: int, batch_rows
                     bad.append(i)
                     reasons.append(reason)
             if bad:
-                q = quarantine_batch(src.name, task.path, row_nos[bad].tolist(), reasons,
-                                     ["text_template"] * len(bad), [raw(part, i, row_nos[i]) for i in bad])
+                q = _merge_quarantine(q, quarantine_batch(src.name, task.path, row_nos[bad].tolist(), reasons,
+                                      ["text_template"] * len(bad), [raw(part, i, row_nos[i]) for i in bad]))
                 mask = np.ones(part.num_rows, bool)
                 mask[bad] = False
                 part = part.filter(pa.array(mask))

@@ -170,11 +170,20 @@ class Output(_Model):
     partitions: int | Literal["auto"] = Field(
         "auto",
         description="Shuffle partitions (each writes its own run of shards); `auto` sizes them "
-        "from the input bytes. Output is identical for any runner parallelism.",
+        "from the input bytes (or a number from 1 to 10,000). Output is identical for any runner "
+        "parallelism.",
     )
     write_dropped: bool = Field(
         False, description="Also write rows dropped by selectors under `dropped/`."
     )
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitions_in_range(cls, v: int | str) -> int | str:
+        # Checked here, not mid-run: a negative count overflowed the partition hash.
+        if isinstance(v, int) and not 1 <= v <= 10_000:
+            raise ValueError("give `auto` or a number from 1 to 10,000")
+        return v
 
     @model_validator(mode="after")
     def _sorted_needs_key(self) -> Output:
@@ -209,6 +218,12 @@ class Recipe(_Model):
     runner: Runner = Field(default_factory=Runner)
     batch_rows: int = Field(
         4096, gt=0, description="Rows per Arrow record batch travelling through the pipeline."
+    )
+    on_duplicate_id: Literal["error", "warn", "rename"] = Field(
+        "warn",
+        description="An id that more than one row has (within or across sources): `warn` logs it "
+        "and counts `duplicate_ids` per source in the manifest; `rename` appends `#<n>` to later "
+        "occurrences (input order) so ids are unique; `error` fails the run naming them.",
     )
     base_dir: str = Field(
         ".", description="Set by the loader: the recipe file's directory (paths resolve here)."

@@ -6,8 +6,12 @@ A reader is a stateless object, one per format (`readers.READERS`):
                                       needs? Raises `InputError` with 'sources.<name>: ...'
                                       lines; returns one part per read task (Parquet row
                                       groups; `[None]`: the whole file is one task).
-    read(task, batch_rows) -> Batches on a worker: (canonical batch | None,
-                                      quarantine batch | None) pairs, in row order.
+    read(task, batch_rows, tally)     on a worker: (canonical batch | None,
+              -> Batches              quarantine batch | None) pairs, in row order. A reader
+                                      that can count the records a file holds apart from
+                                      parsing them adds them to `tally.records`; a streamed
+                                      reader opens the file through `open_binary(path, tally)`
+                                      and sets `tally.hashed` once it has read to the end.
     fingerprint(path, with_hashes)    (size in bytes, sha256 or "") for the manifest.
     peek_fields(source, path)         the field names a check can see without reading the
                                       rows (a JSONL file's first record, a CSV header, a
@@ -18,12 +22,14 @@ A reader is a stateless object, one per format (`readers.READERS`):
 from __future__ import annotations
 
 import os
+import re
+import string
 from abc import ABC, abstractmethod
 
 import pyarrow as pa
 
 from thresher.io.atomic import sha256_file
-from thresher.io.tasks import Batches, InputError, ReadTask
+from thresher.io.tasks import Batches, InputError, ReadTally, ReadTask
 from thresher.recipe.schema import Source
 
 
@@ -34,7 +40,7 @@ class Reader(ABC):
     def check(self, source: Source, path: str) -> list[int | None]: ...
 
     @abstractmethod
-    def read(self, task: ReadTask, batch_rows: int) -> Batches: ...
+    def read(self, task: ReadTask, batch_rows: int, tally: ReadTally) -> Batches: ...
 
     def fingerprint(self, path: str, with_hashes: bool) -> tuple[int, str]:
         return os.path.getsize(path), sha256_file(path) if with_hashes else ""
@@ -48,8 +54,38 @@ def needed_fields(source: Source) -> list[str]:
     return [f for f in source.template_fields() if f]
 
 
+# The largest width or precision a `text_template` format spec may ask for: a spec like
+# `{q:>30000000}` would make every row a 30 MB text.
+MAX_FORMAT_WIDTH = 1000
+
+
+def check_template(source: Source, path: str, fields: set[str] | list[str] | None) -> None:
+    """A `text_template`'s fields must be in the records (`fields`: those the first records
+    have; None: not known before the run), and its format specs bounded and literal."""
+    if source.text_template is None:
+        return
+    problems = []
+    for _, name, spec, _ in string.Formatter().parse(source.text_template):
+        if name is None:
+            continue
+        where = f"sources.{source.name}: text_template field {name!r}"
+        if not name or name.isdigit():
+            problems.append(f"{where}: name the field (positional fields have no value)")
+        if spec and "{" in spec:
+            problems.append(f"{where}: format spec {spec!r} takes a value from the record; write it out")
+        elif spec and any(int(n) > MAX_FORMAT_WIDTH for n in re.findall(r"\d+", spec)):
+            problems.append(f"{where}: format spec {spec!r} asks for a width or precision over "
+                            f"{MAX_FORMAT_WIDTH}")
+        if name and fields is not None and name not in fields:
+            problems.append(f"sources.{source.name}: {path}: text_template field {name!r} is not in the records "
+                            f"(fields: {sorted(fields)})")
+    if problems:
+        raise InputError(problems)
+
+
 def check_fields(source: Source, path: str, schema: pa.Schema) -> None:
     """A columnar file must have every needed field, and a string text field."""
+    check_template(source, path, None)  # its fields are checked below, with the schema's words
     for f in needed_fields(source):
         if f not in schema.names:
             raise InputError(

@@ -1,9 +1,9 @@
 """CSV (plain or .gz/.zst): pyarrow's reader, the header checked before the run.
 
 Rows with the wrong number of fields and rows with bytes that are not UTF-8 are quarantined
-with their line number. Rows are numbered as data rows + 1 for the header (the 1-based line
-number, exact for the usual one-line rows: a quoted value may span lines, and counting them
-would need a second parser).
+with their line number. Rows are numbered as data rows + 1 for the header, the malformed rows
+pyarrow skipped included (the 1-based line number, exact for the usual one-line rows: a
+quoted value may span lines, and counting them would need a second parser).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from thresher.io.compression import open_binary
-from thresher.io.readers.base import Reader, needed_fields
+from thresher.io.readers.base import Reader, check_template, needed_fields
 from thresher.io.records import quarantine_batch, table_to_batches
-from thresher.io.tasks import Batches, InputError, ReadTask
+from thresher.io.tasks import Batches, InputError, ReadTally, ReadTask, SourceReadError
+from thresher.io.validity import invalid_utf8_rows, row_cells_bytes
 from thresher.recipe.schema import Source
 
 
@@ -33,6 +34,7 @@ def read_header(path: str, delimiter: str = ",") -> list[str] | None:
 class CsvReader(Reader):
     def check(self, source: Source, path: str) -> list[int | None]:
         cols = read_header(path, source.csv_delimiter) or []
+        check_template(source, path, None)  # its fields are checked below, with the header's words
         missing = [f for f in needed_fields(source) if f not in cols]
         if missing:
             raise InputError(
@@ -44,7 +46,7 @@ class CsvReader(Reader):
         header = read_header(path, source.csv_delimiter)
         return None if header is None else set(header)
 
-    def read(self, task: ReadTask, batch_rows: int) -> Batches:
+    def read(self, task: ReadTask, batch_rows: int, tally: ReadTally) -> Batches:
         src = task.source
         bad_rows: list[tuple[int, str, bytes]] = []
 
@@ -53,18 +55,28 @@ class CsvReader(Reader):
                              (row.text or "").encode()))
             return "skip"
 
-        with open_binary(task.path) as fh:
+        with open_binary(task.path, tally) as fh:
             data = fh.read()
-        table = pcsv.read_csv(
-            io.BytesIO(data),
-            read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 24),
-            parse_options=pcsv.ParseOptions(delimiter=src.csv_delimiter, invalid_row_handler=on_invalid,
-                                            newlines_in_values=True),
-            # UTF-8 is checked below, per row, so that one bad cell quarantines one row.
-            convert_options=pcsv.ConvertOptions(check_utf8=False, strings_can_be_null=False),
-        )
-        row_nos = np.arange(2, table.num_rows + 2, dtype=np.int64)
-        invalid, invalid_field = _invalid_utf8_rows(table)
+        tally.hashed = True
+        # pyarrow decodes a malformed row's text before it calls the handler, and fails (with
+        # a traceback on stderr) on one that is not UTF-8: for a file with bytes that are not
+        # UTF-8, Python's csv module finds the malformed rows and pyarrow gets the rest.
+        table = None
+        if _is_utf8(data):
+            try:
+                table = _parse(data, src.csv_delimiter, on_invalid)
+                row_nos = _line_numbers(table.num_rows, [r for r, _, _ in bad_rows])
+            except pa.ArrowInvalid as exc:
+                if "CSV parse error" not in str(exc):
+                    raise
+                bad_rows = []
+        if table is None:
+            try:
+                data, bad_rows, row_nos = _drop_malformed(data, src.csv_delimiter)
+            except csv.Error as exc:
+                raise SourceReadError(f"{task.path}: cannot be parsed as CSV: {exc}") from None
+            table = _parse(data, src.csv_delimiter, on_invalid)
+        invalid, invalid_field = invalid_utf8_rows(table)
         q = None
         if bad_rows or invalid.any():
             idx = np.flatnonzero(invalid)
@@ -74,41 +86,64 @@ class CsvReader(Reader):
                 [r for r, _, _ in bad_rows] + row_nos[idx].tolist(),
                 [m for _, m, _ in bad_rows] + ["invalid UTF-8"] * len(idx),
                 [None] * len(bad_rows) + [invalid_field[int(i)] for i in idx],
-                [t for _, _, t in bad_rows] + [_row_bytes(sub, j) for j in range(len(idx))],
+                [t for _, _, t in bad_rows] + [row_cells_bytes(sub, j) for j in range(len(idx))],
             )
             table = table.filter(pa.array(~invalid))
             row_nos = row_nos[~invalid]
         if q is not None:
             yield None, q
-        yield from table_to_batches(task, table, 0, batch_rows, row_numbers=row_nos)
+        yield from table_to_batches(task, table, 0, batch_rows, row_numbers=row_nos, check_utf8=False)
 
 
-def _invalid_utf8_rows(table: pa.Table) -> tuple[np.ndarray, dict[int, str]]:
-    """Rows with a string cell that is not UTF-8, and the first such column of each."""
-    invalid = np.zeros(table.num_rows, bool)
-    invalid_field: dict[int, str] = {}
-    for name in table.column_names:
-        col = table.column(name)
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            continue
-        try:
-            col.validate(full=True)
-        except pa.ArrowInvalid:
-            for i, v in enumerate(col.cast(pa.binary()).to_pylist()):
-                if v is not None:
-                    try:
-                        v.decode("utf-8")
-                    except UnicodeDecodeError:
-                        invalid[i] = True
-                        invalid_field.setdefault(i, name)
-    return invalid, invalid_field
+def _line_numbers(n_good: int, bad_lines: list[int]) -> np.ndarray:
+    """The line numbers of the rows pyarrow kept: 2, 3, ... (after the header) less the lines
+    of the malformed rows it skipped, so the rows after one keep their own numbers."""
+    lines = np.arange(2, n_good + len(bad_lines) + 2, dtype=np.int64)
+    skipped = [n for n in bad_lines if n > 0]
+    if skipped:
+        lines = lines[~np.isin(lines, skipped)]
+    return lines[:n_good]
 
 
-def _row_bytes(table: pa.Table, i: int) -> bytes:
-    """A quarantined row's cells, comma-joined (the original line is not kept by pyarrow)."""
-    row = table.slice(i, 1)
-    vals = []
-    for c in row.columns:
-        v = c.cast(pa.binary()).to_pylist()[0] if pa.types.is_string(c.type) else str(c.to_pylist()[0]).encode()
-        vals.append(v or b"")
-    return b",".join(vals)
+def _is_utf8(data: bytes) -> bool:
+    try:
+        pa.array([data], pa.large_binary()).cast(pa.large_string())  # checks, copies nothing
+        return True
+    except pa.ArrowInvalid:
+        return False
+
+
+def _parse(data: bytes, delimiter: str, on_invalid) -> pa.Table:
+    return pcsv.read_csv(
+        io.BytesIO(data),
+        read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 24),
+        parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, newlines_in_values=True),
+        # UTF-8 is checked per row, so that one bad cell quarantines one row.
+        convert_options=pcsv.ConvertOptions(check_utf8=False, strings_can_be_null=False),
+    )
+
+
+def _drop_malformed(data: bytes, delimiter: str) -> tuple[bytes, list[tuple[int, str, bytes]], np.ndarray]:
+    """(the header and well-formed rows re-written, the malformed rows as (line, reason, raw),
+    the kept rows' line numbers). Latin-1 maps bytes to characters one to one, so any bytes
+    pass through the csv module unchanged."""
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+    reader = csv.reader(io.StringIO(data.decode("latin-1"), newline=""), delimiter=delimiter)
+    bad: list[tuple[int, str, bytes]] = []
+    lines: list[int] = []
+    n_cols = None
+    line = reader.line_num + 1
+    for row in reader:
+        if row:
+            if n_cols is None:
+                n_cols = len(row)
+                writer.writerow(row)
+            elif len(row) != n_cols:
+                bad.append((line, f"expected {n_cols} fields, got {len(row)}",
+                            delimiter.join(row).encode("latin-1")))
+            else:
+                writer.writerow(row)
+                lines.append(line)
+        line = reader.line_num + 1
+    return out.getvalue().encode("latin-1"), bad, np.asarray(lines, np.int64)

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from thresher.io.atomic import sha256_file
+from thresher.io.readers.arrow import ends_with_eos
 from thresher.io.readers.base import ColumnarReader, Reader
 from thresher.io.records import Record, records_to_batches, table_to_batches
-from thresher.io.tasks import Batches, InputError, ReadTask
+from thresher.io.tasks import Batches, InputError, ReadTally, ReadTask, SourceReadError
 from thresher.recipe.schema import Source
 
 
@@ -39,12 +40,20 @@ class HfDiskReader(ColumnarReader):
     def schema(self, source: Source, path: str) -> pa.Schema:
         return load_hf_disk(source, path).data.schema
 
-    def read(self, task: ReadTask, batch_rows: int) -> Batches:
+    def read(self, task: ReadTask, batch_rows: int, tally: ReadTally) -> Batches:
         ds = load_hf_disk(task.source, task.path)
+        tally.counts = True
+        tally.records += ds.num_rows
         first = 0
         for table in ds.with_format("arrow").iter(batch_size=batch_rows):
             yield from table_to_batches(task, table, first, batch_rows)
             first += table.num_rows
+        # Its data files are Arrow IPC streams, read as far as their bytes go: a cut one is
+        # told only by its missing end-of-stream marker (see readers.arrow).
+        for f in ds.cache_files:
+            if not ends_with_eos(f["filename"]):
+                raise SourceReadError(f"{task.path}: truncated data file {os.path.basename(f['filename'])}: no "
+                                      f"end-of-stream marker (read {first} rows)")
 
     def fingerprint(self, path: str, with_hashes: bool) -> tuple[int, str]:
         """A directory: total size, and a hash over each file's relative path and hash."""
@@ -67,7 +76,7 @@ class HfHubReader(Reader):
         # Checking fields would mean fetching the dataset before the run.
         return [None]
 
-    def read(self, task: ReadTask, batch_rows: int) -> Batches:
+    def read(self, task: ReadTask, batch_rows: int, tally: ReadTally) -> Batches:
         yield from records_to_batches(task, _iter_hub(task.source), batch_rows)
 
     def fingerprint(self, path: str, with_hashes: bool) -> tuple[int, str]:
@@ -81,6 +90,13 @@ class HfHubReader(Reader):
 def _iter_hub(src: Source) -> Iterator[Record]:
     import datasets  # heavy: only for sources that use it
 
-    ds = datasets.load_dataset(src.hf_name, src.hf_config, split=src.split or "train", streaming=True)
-    for i, obj in enumerate(ds):
-        yield i, b"", obj, None
+    n = 0
+    try:
+        ds = datasets.load_dataset(src.hf_name, src.hf_config, split=src.split or "train", streaming=True)
+        for obj in ds:
+            yield n, b"", obj, None
+            n += 1
+    except Exception as exc:  # noqa: BLE001 - offline, missing, network: the source failed, no record did
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        raise SourceReadError(f"hf://{src.hf_name}: the hub dataset cannot be read{offline}, after {n} rows: "
+                              f"{type(exc).__name__}: {exc}") from None

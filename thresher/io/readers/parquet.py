@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from thresher.io.readers.base import ColumnarReader, check_fields
 from thresher.io.records import table_to_batches
-from thresher.io.tasks import Batches, ReadTask
+from thresher.io.tasks import Batches, ReadTally, ReadTask
 from thresher.recipe.schema import Source
 
 
@@ -24,8 +24,11 @@ class ParquetReader(ColumnarReader):
         check_fields(source, path, pf.schema_arrow)
         return list(range(pf.num_row_groups)) or [None]
 
-    def read(self, task: ReadTask, batch_rows: int) -> Batches:
+    def read(self, task: ReadTask, batch_rows: int, tally: ReadTally) -> Batches:
         pf = pq.ParquetFile(task.path)
+        # What the footer says the task holds, counted apart from the rows that come out.
+        tally.counts = True
+        tally.records += pf.metadata.num_rows if task.part is None else pf.metadata.row_group(task.part).num_rows
         if task.part is None:
             yield from table_to_batches(task, pf.read(), 0, batch_rows)
         else:
