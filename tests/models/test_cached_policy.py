@@ -103,3 +103,38 @@ def test_session_pickles_without_its_client_and_workers_share_one_budget(tmp_pat
         got.append(sum(g.error != BUDGET for g in gens))
     assert got == [8, 2]
     assert workers[1].reward("The answer is 1.", "1") == 1.0
+
+
+def test_submit_shares_in_flight_requests_and_stores_on_flush(tmp_path):
+    """Futures as results arrive; a request equal to one still in flight shares it (one
+    call); nothing is stored until `flush` (then all of it), failures never."""
+    from concurrent.futures import Future
+
+    class Manual(ScriptedPolicy):  # answers only when the test says so
+        def __init__(self):
+            super().__init__(fails_on_odd_samples)
+            self.pending: list[tuple[Future, Request]] = []
+
+        def submit(self, requests, sampling, seed):
+            futs = [Future() for _ in requests]
+            self.pending += list(zip(futs, requests, strict=True))
+            return futs
+
+        def answer_all(self):
+            for f, r in self.pending:
+                f.set_result(self.generate([r], SamplingParams(), 1)[0])
+            self.pending = []
+
+    store = RolloutStore(str(tmp_path / "r.sqlite"))
+    policy = Manual()
+    cp = CachedPolicy(policy, store, SamplingParams(), seed=1)
+    first = cp.submit([Request("q", sample="0"), Request("q", sample="1")])
+    again = cp.submit([Request("q", sample="0"), Request("q", sample="2")])
+    assert again[0] is first[0] and len(policy.pending) == 3 and cp.misses([Request("q", sample="0")]) == 0
+    assert not any(f.done() for f in first + again)
+    policy.answer_all()
+    assert [f.result().error for f in first + again] == [None, "flaky", None, None]
+    assert len(store) == 0  # arrived, not yet stored
+    cp.flush()
+    assert len(store) == 2 and cp.snapshot() == (3, 0, {"flaky": 1})
+    assert [g.cached for g in cp.generate([Request("q", sample="0"), Request("q", sample="2")])] == [True, True]

@@ -35,7 +35,10 @@ SECRET = "sk-test-very-secret-0123456789"
 
 class _Handler(BaseHTTPRequestHandler):
     """Behaviour by words in the prompt: fail500, flaky (two 500s, then fine), busy (429 then
-    fine), hang, garbage (invalid JSON), noshape (JSON without choices), reject (400)."""
+    fine), busydate (429 with an HTTP-date Retry-After, then fine), busyms (429 with
+    retry-after-ms: 150, then fine), hang, garbage (invalid JSON), noshape (JSON without
+    choices), reject (400), thinking (no content, only reasoning_content), wait=<s> (answer
+    after that long), block (answer once the test sets `server.release`)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -63,14 +66,38 @@ class _Handler(BaseHTTPRequestHandler):
             srv.paths.append(self.path)
             srv.seen[text] += 1
             nth = srv.seen[text]
+            srv.in_flight += 1
+            srv.most_in_flight = max(srv.most_in_flight, srv.in_flight)
+        try:
+            self._answer(srv, body, text, nth)
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
+
+    def _answer(self, srv, body, text, nth):
+        w = re.search(r"wait=(\S+)", text)
+        if w:
+            time.sleep(float(w.group(1)))
+        if "block" in text:
+            srv.release.wait(10)
         if "fail500" in text:
             return self._send(500, b'{"error": "boom"}')
         if "flaky" in text and nth <= 2:
             return self._send(503, b'{"error": "later"}')
+        if "busydate" in text and nth <= 1:  # a date in the past: retry now
+            return self._send(429, b'{"error": "slow down"}', {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
+        if "busyms" in text and nth <= 1:
+            srv.asked_to_wait_at = time.monotonic()
+            return self._send(429, b'{"error": "slow down"}', {"retry-after-ms": "150", "Retry-After": "0"})
+        if "busyms" in text:
+            srv.waited = time.monotonic() - srv.asked_to_wait_at
         if "busy" in text and nth <= 1:
             return self._send(429, b'{"error": "slow down"}', {"Retry-After": "0"})
+        if "thinking" in text:
+            msg = {"role": "assistant", "content": None, "reasoning_content": "2 + 2 is 4, so the answer is 4"}
+            return self._send(200, json.dumps({"choices": [{"message": msg, "finish_reason": "length"}]}).encode())
         if "hang" in text:
-            time.sleep(2.0)
+            time.sleep(1.0)
         if "garbage" in text:
             return self._send(200, b'{"choices": [{"text": "The ans')
         if "noshape" in text:
@@ -95,7 +122,9 @@ def server():
     srv.handle_error = lambda *a: None  # a client that timed out hung up: expected here
     srv.lock = threading.Lock()
     srv.auth, srv.paths, srv.seen = [], [], Counter()
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    srv.in_flight = srv.most_in_flight = 0
+    srv.release = threading.Event()
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield srv
     srv.shutdown()
@@ -121,12 +150,22 @@ def _policy(base_url, **kw):
 
 def test_each_failure_kind_is_reported(server, monkeypatch):
     monkeypatch.setenv("TEST_POLICY_KEY", SECRET)
-    pol = _policy(_url(server), api_key_env="TEST_POLICY_KEY")
-    prompts = ["ok answer=5", "fail500", "flaky answer=6", "busy answer=7", "hang", "garbage", "noshape", "reject"]
+    pol = _policy(_url(server), api_key_env="TEST_POLICY_KEY", timeout_s=2.0)
+    impatient = _policy(_url(server), api_key_env="TEST_POLICY_KEY", timeout_s=0.25, max_retries=1)
+    hang = impatient.submit([Request("hang")], SamplingParams(), seed=0)[0]  # meanwhile, the rest
+    prompts = ["ok answer=5", "fail500", "flaky answer=6", "busy answer=7", "garbage", "noshape", "reject",
+               "busydate answer=8", "busyms answer=9"]
     gens = pol.generate([Request(p, sample="0") for p in prompts], SamplingParams(), seed=0)
     got = {p: (g.text, g.error) for p, g in zip(prompts, gens, strict=True)}
+    got["hang"] = (hang.result().text, hang.result().error)
+    assert server.seen["hang"] == 2  # timed out, retried once, timed out
+    impatient.close()
     assert got["ok answer=5"][0] in ("The answer is 5.", "The answer is -1.")
     assert got["flaky answer=6"][1] is None and got["busy answer=7"][1] is None  # retried, then fine
+    assert got["busydate answer=8"][1] is None and got["busyms answer=9"][1] is None
+    assert server.seen["busydate answer=8"] == 2 and server.seen["busyms answer=9"] == 2
+    # retry-after-ms (150 ms) beat Retry-After: 0 and was not cut to backoff_max_s (50 ms).
+    assert server.waited >= 0.15
     assert got["fail500"] == (None, HTTP_5XX)
     assert got["hang"] == (None, TIMEOUT)
     assert got["garbage"] == (None, MALFORMED) and got["noshape"] == (None, MALFORMED)
@@ -141,6 +180,27 @@ def test_each_failure_kind_is_reported(server, monkeypatch):
     g = refused.generate([Request("x")], SamplingParams(), seed=0)[0]
     assert (g.text, g.error) == (None, CONNECTION)
     refused.close()
+
+
+def test_in_flight_capped_and_results_taken_as_they_complete(server):
+    pol = _policy(_url(server), max_concurrency=3, timeout_s=20)
+    slow = pol.submit([Request("block answer=1")], SamplingParams(), seed=0)[0]
+    fast = pol.submit([Request(f"wait=0.02 answer={i}", sample=str(i)) for i in range(12)], SamplingParams(), 0)
+    assert all(f.result(timeout=20).error is None for f in fast)
+    assert not slow.done()  # the fast ones did not wait for it (no lock-step groups)
+    server.release.set()
+    assert slow.result(timeout=20).error is None
+    # 3 slots: the slow request held one, the other 12 went through the remaining two.
+    assert server.most_in_flight == 3
+    pol.close()
+
+
+def test_reasoning_model_without_content_is_an_answer_not_a_retry(server):
+    pol = _policy(_url(server), api="chat")
+    g = pol.generate([Request("thinking answer=4")], SamplingParams(), seed=0)[0]
+    assert (g.text, g.error, g.finish_reason) == ("2 + 2 is 4, so the answer is 4", None, "length")
+    assert g.reasoning == g.text and server.seen["thinking answer=4"] == 1
+    pol.close()
 
 
 def test_chat_api_and_step_prefix(server):
@@ -187,6 +247,7 @@ def test_pipeline_finishes_counts_failures_and_loses_nothing(server, tmp_path, m
     rep = run.reports["variance_filter"]
     assert rep["failures_by_kind"] == {HTTP_5XX: 4, TIMEOUT: 4, MALFORMED: 4}
     assert rep["model_calls"] == 24 and rep["cache_hits"] == 0
+    assert 0 < rep["slot_occupancy"] <= 1 and rep["reward_failures_by_kind"] == {}
     assert run.counters["variance_filter/failures/http_5xx"] == 4
     # The key never reaches a report, the run result or a log line.
     blobs = [json.dumps(run.to_json())] + [p.read_text() for p in (tmp_path / "variance_filter").rglob("*.json")]
@@ -209,3 +270,4 @@ def test_pipeline_finishes_counts_failures_and_loses_nothing(server, tmp_path, m
     rep = run.reports["mcts_difficulty"]
     assert set(rep["failures_by_kind"]) == {HTTP_5XX, TIMEOUT, MALFORMED}
     assert rep["failures_by_kind"][HTTP_5XX] == 2 * 3  # two failed iterations of 3 children
+    assert 0 < rep["slot_occupancy"] <= 1

@@ -6,6 +6,10 @@ real rollout store (resume from the cache, a run budget)."""
 from __future__ import annotations
 
 import json
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -95,6 +99,94 @@ def test_search_gives_up_after_failing_iterations_with_the_failure_kind():
     Search(MctsParams(max_failed_iterations=2), make_reward("normalized"), cp.generate).run([t])
     assert (t.status, t.iteration, t.requests) == ("backend_error", 2, 6)
     assert t.failures == {"backend_error": 6} and t.solved_at is None
+
+
+class ShuffledPolicy(ScriptedPolicy):
+    """The scripted policy answering from worker threads, each request after a random few
+    milliseconds: responses come back in an order unrelated to the order of requests."""
+
+    def __init__(self, seed: int):
+        super().__init__(bernoulli_script)
+        self.rng = random.Random(seed)
+        self.pool = ThreadPoolExecutor(8)
+
+    def submit(self, requests, sampling, seed):
+        def one(r, pause):
+            time.sleep(pause)
+            return self.generate([r], sampling, seed)[0]
+
+        return [self.pool.submit(one, r, self.rng.random() * 0.003) for r in requests]
+
+
+def _trees():
+    return [new_tree(f"Problem {i}: p={p} answer={40 + i} steps=2", str(40 + i)) for i, p in enumerate(PS * 2)]
+
+
+def _outcome(trees):
+    return [(t.status, t.solved_at, t.iteration, t.requests, t.solution) for t in trees]
+
+
+def test_search_result_does_not_depend_on_completion_order():
+    p = MctsParams(max_iterations=8)
+    expected = _trees()
+    Search(p, make_reward("normalized"), CachedPolicy(ScriptedPolicy(bernoulli_script), None, SamplingParams(),
+                                                      5).generate).run(expected)
+    for shuffle in range(2):
+        policy = ShuffledPolicy(shuffle)
+        cp = CachedPolicy(policy, None, SamplingParams(), 5)
+        trees = _trees()
+        search = Search(p, make_reward("normalized"), submit=cp.submit)
+        search.run(trees)
+        assert _outcome(trees) == _outcome(expected)
+        assert policy.calls == sum(t.requests for t in trees)
+        # Trees move on one by one as their calls come back, not in a few lock-step rounds.
+        assert search.rounds > 2 * max(t.iteration for t in trees)
+        policy.pool.shutdown()
+
+
+def test_a_slow_tree_does_not_hold_back_the_others():
+    """The slow problem's first calls are held until the fast tree has finished all its
+    iterations: with lock-step rounds the fast tree could not move past its first step."""
+    fast = new_tree("p=0 answer=42 steps=1000", "42")
+    slow = new_tree("slow p=1 answer=7 steps=0", "7")
+    held: list[tuple[Future, object]] = []
+    script = ScriptedPolicy(bernoulli_script)
+
+    class Holding(ScriptedPolicy):
+        def submit(self, requests, sampling, seed):
+            out = []
+            for r in requests:
+                f: Future = Future()
+                if r.problem.startswith("slow") and not held_released.is_set():
+                    held.append((f, r))
+                else:
+                    f.set_result(script.generate([r], sampling, seed)[0])
+                out.append(f)
+            return out
+
+    held_released = threading.Event()
+
+    def release():
+        deadline = time.monotonic() + 10
+        while not fast.done and time.monotonic() < deadline:
+            time.sleep(0.001)
+        held_released.set()
+        for f, r in held:
+            f.set_result(script.generate([r], SamplingParams(), 0)[0])
+
+    threading.Thread(target=release, daemon=True).start()
+    cp = CachedPolicy(Holding(bernoulli_script), None, SamplingParams(), 0)
+    Search(MctsParams(max_iterations=5), make_reward("normalized"), submit=cp.submit).run([fast, slow])
+    assert len(held) == 3  # the slow tree's first expansion waited...
+    assert (fast.status, fast.iteration, fast.requests) == ("unsolved", 5, 20)  # ...while the fast one finished
+    assert (slow.status, slow.solved_at) == ("solved", 1)
+
+
+def test_several_rollouts_per_leaf():
+    t = new_tree("p=0 answer=42 steps=1000", "42")
+    policy = _search([t], seed=0, rollouts_per_leaf=2)
+    assert (t.status, t.iteration, t.requests, policy.calls) == ("unsolved", 50, 250, 250)
+    assert t.root.visits == 50 * 2  # every rollout's reward is backed up
 
 
 # ---------------------------------------------------------------------------------------

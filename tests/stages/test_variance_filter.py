@@ -23,7 +23,7 @@ from thresher.core.context import StageContext
 from thresher.models.policy import Request
 from thresher.models.rewards import make_reward
 from thresher.models.rollout_store import RolloutStore
-from thresher.stages.selection.model_selector import CACHE_HITS, CALLS, FAILURES
+from thresher.stages.selection.model_selector import CACHE_HITS, CALLS, FAILURES, REWARD_FAILURES
 from thresher.stages.selection.variance_filter import TopCandidates, VarianceFilter, values_at
 from thresher.testing.harness import make_batch, run_stage
 from thresher.testing.scripted import bernoulli_script
@@ -85,6 +85,9 @@ def test_score_with_scripted_policy_matches_the_script(tmp_path):
         assert cols["solve_rate"][i].as_py() == pytest.approx(np.mean(r))
         assert cols["reward_variance"][i].as_py() == pytest.approx(np.var(r))
         assert [x["reward"] for x in cols["rollouts"][i].as_py()] == r
+        for x in cols["rollouts"][i].as_py():  # what the reward read, for the training job
+            assert x["extracted"] == x["text"].rsplit("The answer is ", 1)[1].rstrip(".")
+            assert x["reward_failure"] is None
     assert cols["variance_status"].to_pylist() == ["scored"] * 5 + ["no_reference"]
     assert cols["rollouts"][5].as_py() == []  # generated, but nothing to judge them against
     assert cols[CALLS].to_pylist() == [8] * 6 and cols[CACHE_HITS].to_pylist() == [0] * 6
@@ -92,6 +95,19 @@ def test_score_with_scripted_policy_matches_the_script(tmp_path):
     again = stage.score(make_batch(rows))
     assert again[CALLS].to_pylist() == [0] * 6 and again[CACHE_HITS].to_pylist() == [8] * 6
     assert again["solve_rate"] == cols["solve_rate"]
+
+
+def test_reward_failures_are_counted_by_kind_and_kept_with_each_rollout(tmp_path):
+    stage = _stage(tmp_path, precomputed_responses=["resp"], reward="normalized", last_number_fallback=False,
+                   write_rollouts=True)
+    batch = make_batch([{"text": "q", "answer": "4", "resp": ["The answer is 4.", "no idea", "The answer is 5."]},
+                        {"text": "r", "answer": "1", "resp": ["hmm", "The answer is 1."]}])
+    cols = stage.score(batch)
+    got = [[(x["reward"], x["extracted"], x["reward_failure"]) for x in row] for row in cols["rollouts"].to_pylist()]
+    assert got == [[(1.0, "4", None), (0.0, None, "no_answer"), (0.0, "5", None)],
+                   [(0.0, None, "no_answer"), (1.0, "1", None)]]
+    assert cols["solve_rate"].to_pylist() == pytest.approx([1 / 3, 0.5])
+    assert [json.loads(s) for s in cols[REWARD_FAILURES].to_pylist()] == [{"no_answer": 1}, {"no_answer": 1}]
 
 
 def test_decide_row_local_rules():

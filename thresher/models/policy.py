@@ -18,6 +18,7 @@ back with `text=None` and `error=<kind>`; it is never cached, so a rerun retries
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,7 +64,12 @@ class PolicyParams(BaseModel):
     max_retries: int = Field(4, ge=0, le=20, description="Retries after the first attempt on "
                              "429/5xx/timeouts/connection errors/malformed responses.")
     backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry (with jitter).")
-    backoff_max_s: float = Field(30.0, ge=0, description="Longest retry delay.")
+    backoff_max_s: float = Field(30.0, ge=0, description="Longest delay of the client's own "
+                                 "exponential backoff (not of a wait the server asks for).")
+    retry_after_max_s: float = Field(120.0, ge=0, description="openai: longest wait honoured "
+                                     "when a 429/5xx says when to come back (`Retry-After` in "
+                                     "seconds or as an HTTP date, `retry-after-ms`); a longer "
+                                     "wait is cut to this, then the request is retried.")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="openai: extra JSON "
                                        "fields for every request (e.g. `top_k`, `min_p`).")
     script: str = Field("thresher.testing.scripted:bernoulli_script", description="scripted: "
@@ -95,10 +101,11 @@ class Request:
 
 @dataclass
 class Generation:
-    text: str | None
+    text: str | None  # the answer: `content`, or the reasoning when a model gave no content
     finish_reason: str | None = None
     error: str | None = None  # failure kind when text is None
     cached: bool = False
+    reasoning: str | None = None  # a reasoning model's `reasoning_content` (not cached)
 
 
 def request_seed(seed: int, sample: str) -> int:
@@ -112,8 +119,29 @@ class Policy:
 
     model_id: str = "policy"
 
+    #: Most requests the backend works on at once (the denominator of slot occupancy).
+    slots: int = 1
+
     def generate(self, requests: list[Request], sampling: SamplingParams, seed: int) -> list[Generation]:
         raise NotImplementedError
+
+    def submit(self, requests: list[Request], sampling: SamplingParams, seed: int) -> list[Future]:
+        """Start `requests`; one future per request, resolving to its `Generation`. Callers
+        may submit more while earlier ones run. The default answers the whole list at once
+        with `generate` (right for backends that batch internally, like vLLM) and returns
+        futures already done."""
+        out = []
+        for g in self.generate(requests, sampling, seed):
+            f: Future = Future()
+            f.set_result(g)
+            out.append(f)
+        return out
+
+    def slot_clock(self) -> float | None:
+        """Busy slot-seconds so far (the integral of requests in flight over time), or None
+        when the backend does not measure it. Two readings and the wall time between them give
+        the mean occupancy: (b1 - b0) / (slots * (t1 - t0))."""
+        return None
 
     def cache_identity(self) -> dict[str, Any]:
         """Everything besides the request that changes what the model would say."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 
 from thresher.core.counters import stage_counter
@@ -26,13 +27,14 @@ class ModelSession:
     """Worker-side: policy client + rollout store + reward. `open()` it in `setup()`."""
 
     def __init__(self, *, stage: str, seed: int, policy: PolicyParams, sampling: SamplingParams, reward: str,
-                 last_number: bool, store_path: str, max_calls_per_run: int | None):
+                 last_number: bool, store_path: str, max_calls_per_run: int | None, reward_timeout_s: float = 5.0):
         self.stage = stage
         self.seed = seed
         self.policy = policy
         self.sampling = sampling
         self.reward_spec = reward
         self.last_number = last_number
+        self.reward_timeout_s = reward_timeout_s
         self.path = store_path
         self.max_calls_per_run = max_calls_per_run
         # One scope per session, and a stage builds its session once per run (on the driver,
@@ -49,7 +51,7 @@ class ModelSession:
 
     def open(self, with_policy: bool = True) -> None:
         """Load the reward; with the policy, also connect the client and open the store."""
-        self.reward = make_reward(self.reward_spec, self.last_number)
+        self.reward = make_reward(self.reward_spec, self.last_number, reward_timeout_s=self.reward_timeout_s)
         if self.cp is not None or not with_policy:
             return
         self.cp = CachedPolicy(make_policy(self.policy), RolloutStore(self.path), self.sampling, self.seed)
@@ -58,12 +60,26 @@ class ModelSession:
         """Answer `requests` (from the store where possible) within the run budget. Calls
         reserved but then not made are not refunded: which requests hit the cache is known
         only after the lookup, so only what might miss is reserved."""
+        return self.cp.generate(requests, allow_calls=self._allowed(requests))
+
+    def submit(self, requests: list[Request]) -> list[Future]:
+        """`generate` without waiting: a future per request (see `CachedPolicy.submit`); call
+        `flush()` now and then to store what arrived."""
+        return self.cp.submit(requests, allow_calls=self._allowed(requests))
+
+    def flush(self, force: bool = True) -> None:
+        self.cp.flush(force)
+
+    def _allowed(self, requests: list[Request]) -> int | None:
         if self.max_calls_per_run is None:
-            return self.cp.generate(requests)
-        keys = {self.cp.key(r) for r in requests}
-        misses = len(keys) - len(self.cp.store.get_many(list(keys)))
-        allowed = self.cp.store.reserve(self.budget_scope, misses, self.max_calls_per_run)
-        return self.cp.generate(requests, allow_calls=allowed)
+            return None
+        return self.cp.store.reserve(self.budget_scope, self.cp.misses(requests), self.max_calls_per_run)
+
+    def slot_clock(self) -> tuple[float, int] | None:
+        """(busy slot-seconds so far, slots) of the policy client, or None when its backend
+        does not measure occupancy."""
+        busy = self.cp.policy.slot_clock()
+        return None if busy is None else (busy, self.cp.policy.slots)
 
     @contextmanager
     def counting(self) -> Iterator[None]:
@@ -78,5 +94,4 @@ class ModelSession:
             stage_counter(self.stage, "failures", kind).inc(n)
 
     def _snapshot(self) -> tuple[int, int, Counter]:
-        s = self.cp.stats
-        return s.calls, s.cache_hits, Counter(s.failures)
+        return self.cp.snapshot()

@@ -4,12 +4,15 @@ Step-level Monte-Carlo tree search as in ThinkLite-VL (Wang et al. 2025): a node
 reasoning step (generation stops at `step_delimiter`); each iteration selects a leaf by UCT
 (Q/N + c·sqrt(ln N_parent / N), unvisited children first), expands it with `children` (3)
 sampled next steps, judges children that state a final answer against the reference, and
-rolls out from the first new open child for up to `rollout_max_steps` (10) further steps.
-Rewards are backed up to the root. Difficulty = the iteration at which a correct answer first
-appeared; a problem not solved in `max_iterations` (50) is recorded as unsolved (never
-dropped silently). All trees of a batch advance one iteration at a time together, so each
-phase's model calls (expansions, then rollouts) go out as one concurrent batch. The search
-itself is `mcts_search.py`; this module is the stage around it.
+rolls out from the first new open child (`rollouts_per_leaf` times, default 1) for up to
+`rollout_max_steps` (10) further steps. Rewards are backed up to the root. Difficulty = the
+iteration at which a correct answer first appeared; a problem not solved in `max_iterations`
+(50) is recorded as unsolved (never dropped silently). The trees of a batch are searched
+together: as soon as one tree's calls are all answered its next calls are submitted, so the
+server keeps `policy.max_concurrency` requests in flight instead of waiting for the slowest
+tree of a round; each tree applies its own results in request order, so the result does not
+depend on which response came first. The search itself is `mcts_search.py`; this module is
+the stage around it.
 
 In:  rows whose `text` is the problem and `answer_field` the reference answer.
 Out: rows with `mcts_difficulty` (int, null unless solved), `mcts_solved` (bool, null when
@@ -18,17 +21,19 @@ Out: rows with `mcts_difficulty` (int, null unless solved), `mcts_solved` (bool,
      `write_rollouts`, `mcts_solution` (the first correct path). Kept: solved with difficulty
      > `min_difficulty` (default 5) and unsolved rows (`keep_unsolved`); dropped with reason
      `too_easy`, `unsolved` or `unscored`.
-Cost: per problem at most `children` + 1 model calls per iteration (fewer once leaves are
-     final answers), capped by `max_calls_per_problem`; easy problems stop at their first
-     solve. A rollout is one call that continues to the end of the solution; only its first
+Cost: per problem at most `children` + `rollouts_per_leaf` model calls per iteration (fewer
+     once leaves are final answers), capped by `max_calls_per_problem`; easy problems stop at
+     their first solve. A rollout is one call that continues to the end of the solution; only its first
      `rollout_max_steps` steps count. (Sampling a continuation in one call has the same
      distribution as stopping at each delimiter and asking again, at a tenth of the calls.)
-Stats (report): difficulty histogram, status counts, model calls, cache hits, failures by kind.
+Stats (report): difficulty histogram, status counts, model calls, cache hits, failures by kind,
+     `slot_occupancy` (mean requests in flight / `max_concurrency` while searching).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -36,9 +41,15 @@ import pyarrow as pa
 from pydantic import Field
 
 from thresher.core import rows
-from thresher.models.policy import Generation, Request
+from thresher.models.policy import Request
 from thresher.stages.selection.mcts_search import SOLVED, UNSOLVED, Search, new_tree
-from thresher.stages.selection.model_selector import CallTally, ModelSelector, ModelSelectorParams, answers_of
+from thresher.stages.selection.model_selector import (
+    CallTally,
+    ModelSelector,
+    ModelSelectorParams,
+    SlotTimer,
+    answers_of,
+)
 
 
 class MctsParams(ModelSelectorParams):
@@ -46,6 +57,8 @@ class MctsParams(ModelSelectorParams):
     children: int = Field(3, gt=0, le=32, description="Children sampled per expansion.")
     c_uct: float = Field(1.0, ge=0, description="UCT exploration constant.")
     rollout_max_steps: int = Field(10, gt=0, description="Steps a rollout may take to reach an answer.")
+    rollouts_per_leaf: int = Field(1, gt=0, le=64, description="Rollouts from each expanded leaf's "
+                                   "first open child (one call each; every reward is backed up).")
     max_depth: int = Field(20, gt=0, description="Steps in the tree before a node counts as final.")
     step_delimiter: str = Field("\n\n", description="Text that ends one reasoning step.")
     step_max_tokens: int = Field(128, gt=0, description="Most tokens in one step.")
@@ -78,14 +91,15 @@ class MctsDifficulty(ModelSelector):
         # tallied to its first row (the report adds the rows up, so totals are exact).
         row_of = {q: i for i, q in reversed(list(enumerate(problems)))}
 
-        def generate(reqs: list[Request]) -> list[Generation]:
-            gens = self.session.generate(reqs)
-            for r, g in zip(reqs, gens, strict=True):
-                tally.add(row_of[r.problem], g)
-            return gens
+        def submit(reqs: list[Request]) -> list[Future]:
+            futs = self.session.submit(reqs)
+            for r, f in zip(reqs, futs, strict=True):
+                f.add_done_callback(lambda f, row=row_of[r.problem]: tally.add(row, f.result()))
+            return futs
 
-        with self.session.counting():
-            Search(p, self.session.reward, generate).run(trees)
+        search = Search(p, self.session.reward, submit=submit, flush=self.session.flush)
+        with self.session.counting(), SlotTimer(self.session) as slots:
+            search.run(trees)
         cols = {
             "mcts_difficulty": pa.array([t.solved_at for t in trees], pa.int32()),
             "mcts_solved": pa.array([True if t.solved_at is not None else (False if t.status == UNSOLVED else None)
@@ -96,7 +110,7 @@ class MctsDifficulty(ModelSelector):
         }
         if p.write_rollouts:
             cols["mcts_solution"] = pa.array([t.solution for t in trees], pa.string())
-        return {**cols, **tally.columns()}
+        return {**cols, **tally.columns(), **slots.columns(batch.num_rows)}
 
     def decide(self, batch: pa.RecordBatch):
         p = self.params

@@ -10,13 +10,14 @@ In:  rows with a problem and a reference answer — or rows that already carry r
 Out: rows with `solve_rate` (mean reward), `reward_variance` (population variance),
      `n_rollouts` (rewards that went into them), `rollout_failures`, `variance_status`
      (`scored` or why not: a failure kind, `budget_exhausted`, `no_reference`) and, with
-     `write_rollouts`, `rollouts` (list of {text, reward}). Rows are dropped with reason
+     `write_rollouts`, `rollouts` (list of {text, reward, extracted, reward_failure}). Rows are dropped with reason
      `all_correct` / `all_wrong` / `all_equal` (zero variance), `low_variance`,
      `solve_rate_out_of_band`, `over_source_quota`, `below_top_k` or `unscored`.
 Cost: `n` model calls per problem (default 8), each answered from the rollout store when a
      previous run made it. With `top_k` or `source_quotas`, one extra light pass: a combiner
      keeps the best `min(quota, top_k)` (variance, row key) pairs per source.
-Stats (report): solve-rate and variance histograms, model calls, cache hits, failures by kind.
+Stats (report): solve-rate and variance histograms, model calls, cache hits, failures by kind,
+     reward failures by kind (`no_answer`, `timeout`, ...), `slot_occupancy`.
 """
 
 from __future__ import annotations
@@ -34,9 +35,20 @@ from thresher.core import rows
 from thresher.core.columns import member, numpy, strings
 from thresher.core.reports import histogram
 from thresher.models.policy import Request
-from thresher.stages.selection.model_selector import CallTally, ModelSelector, ModelSelectorParams, answers_of
+from thresher.stages.selection.model_selector import (
+    CallTally,
+    ModelSelector,
+    ModelSelectorParams,
+    SlotTimer,
+    answers_of,
+    grade_all,
+)
 
 SCORED = "scored"
+# One generation in the `rollouts` column: what was extracted from it and why a zero score is
+# not a wrong answer (`reward_failure`, e.g. `no_answer`), so the training job can audit it.
+ROLLOUT = pa.struct([("text", pa.string()), ("reward", pa.float64()), ("extracted", pa.string()),
+                     ("reward_failure", pa.string())])
 
 
 class VarianceFilterParams(ModelSelectorParams):
@@ -204,7 +216,9 @@ class VarianceFilter(ModelSelector):
         p = self.params
         n_rows = batch.num_rows
         texts: list[list[str | None]] = [[] for _ in range(n_rows)]
+        grades: list[list[tuple[float, str | None, str | None]]] = [[] for _ in range(n_rows)]
         tally = CallTally(n_rows)
+        slots = SlotTimer(self.session)
         refs = None
         if p.precomputed_rewards:
             rewards = [[float(x) for x in r if isinstance(x, (bool, int, float))]
@@ -214,10 +228,9 @@ class VarianceFilter(ModelSelector):
             if p.precomputed_responses:
                 texts = [[t for t in r if isinstance(t, str)] for r in values_at(batch, p.precomputed_responses)]
             else:
-                texts = self._sample(batch.column(rows.TEXT).to_pylist(), tally)
-            reward = self.session.reward
-            rewards = [[reward(t, refs[i]) for t in texts[i] if t is not None] if refs[i] is not None else []
-                       for i in range(n_rows)]
+                texts = self._sample(batch.column(rows.TEXT).to_pylist(), tally, slots)
+            grades = self._grade(texts, refs, tally)
+            rewards = [[g[0] for g in row] for row in grades]
         rate = np.full(n_rows, np.nan)
         var = np.full(n_rows, np.nan)
         status = []
@@ -242,17 +255,30 @@ class VarianceFilter(ModelSelector):
         if p.write_rollouts and texts and any(texts):
             # A row without a reference has texts but no rewards: its list is empty.
             cols["rollouts"] = pa.array(
-                [[{"text": t, "reward": float(rw)}
-                  for t, rw in zip([t for t in tx if t is not None], rewards[i], strict=False)]
+                [[{"text": t, "reward": g[0], "extracted": g[1], "reward_failure": g[2]}
+                  for t, g in zip([t for t in tx if t is not None], grades[i], strict=False)]
                  for i, tx in enumerate(texts)],
-                pa.list_(pa.struct([("text", pa.string()), ("reward", pa.float64())])))
-        return {**cols, **tally.columns()}
+                pa.list_(ROLLOUT))
+        return {**cols, **tally.columns(), **slots.columns(n_rows)}
 
-    def _sample(self, problems: list[str], tally: CallTally) -> list[list[str | None]]:
+    def _grade(self, texts: list[list[str | None]], refs: list[str | None],
+               tally: CallTally) -> list[list[tuple[float, str | None, str | None]]]:
+        """(score, extracted answer, reward failure) per generated text of each row with a
+        reference, all rows graded in one `grade_all` call; failures tallied per row."""
+        owner = [i for i, tx in enumerate(texts) if refs[i] is not None for t in tx if t is not None]
+        pairs = [(t, refs[i]) for i, tx in enumerate(texts) if refs[i] is not None for t in tx if t is not None]
+        out: list[list[tuple[float, str | None, str | None]]] = [[] for _ in texts]
+        for i, g in zip(owner, grade_all(self.session.reward, pairs), strict=True):
+            out[i].append(g)
+            if g[2] is not None:
+                tally.reward_failures[i][g[2]] += 1
+        return out
+
+    def _sample(self, problems: list[str], tally: CallTally, slots: SlotTimer) -> list[list[str | None]]:
         """`n` generations per problem (None where a call failed), tallied per row."""
         n = self.params.n
         reqs = [Request(q, sample=str(j)) for q in problems for j in range(n)]
-        with self.session.counting():
+        with self.session.counting(), slots:
             gens = self.session.generate(reqs)
         texts: list[list[str | None]] = [[] for _ in problems]
         for idx, g in enumerate(gens):
