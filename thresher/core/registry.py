@@ -3,7 +3,8 @@
 Three ways to name a stage:
 * a built-in name (`exact_dedup`), listed below as an import path and imported on first use,
   so validating a recipe that uses only `exact_dedup` never imports torch;
-* a plugin's import path, `my_package.my_module:MyFilter`;
+* a plugin's import path, `my_package.my_module:MyFilter` — or of a plain function
+  `(text, row) -> bool | (bool, reason) | float`, wrapped as a selector (`row_function.py`);
 * a name a package registers under the `thresher.stages` entry-point group
   (`[project.entry-points."thresher.stages"] my_filter = "my_package.my_module:MyFilter"`).
 
@@ -33,6 +34,11 @@ BUILTIN: dict[str, str] = {
     # dedup
     "exact_dedup": "thresher.stages.dedup.exact_dedup:ExactDedup",
     "semantic_dedup": "thresher.stages.dedup.semantic_dedup:SemanticDedup",
+    "minhash_dedup": "thresher.stages.dedup.minhash_dedup:MinhashDedup",
+    # quality
+    "quality_filter": "thresher.stages.quality.quality_filter:QualityFilter",
+    "language_id": "thresher.stages.quality.language_id:LanguageId",
+    "pii": "thresher.stages.quality.pii:Pii",
     # decontamination
     "decontaminate": "thresher.stages.decontam.decontaminate:Decontaminate",
     # selection
@@ -78,6 +84,8 @@ def stage_class(type_name: str) -> type:
         cls = import_object(path, "stage type")
     except ImportProblem as exc:
         raise UnknownStage(str(exc)) from None
+    if callable(cls) and not isinstance(cls, type):
+        cls = _row_function_stage(name, path)
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise UnknownStage(f"stage type {name!r} ({path}) is not a thresher stage: subclass "
                            "thresher.core.Selector or thresher.core.Feature")
@@ -91,6 +99,17 @@ def stage_class(type_name: str) -> type:
         raise UnknownStage(f"the recipe asks for {name}@{version}, but this thresher has {name} version "
                            f"{cls.version}; check what changed and update the recipe's `type:`")
     return cls
+
+
+def _row_function_stage(name: str, path: str) -> type:
+    """A plain function `(text, row) -> bool | (bool, reason) | float`, wrapped as a selector."""
+    from thresher.core.row_function import NotARowFunction, row_function_class
+
+    try:
+        return row_function_class(path)
+    except NotARowFunction as exc:
+        raise UnknownStage(f"stage type {name!r} ({path}) {exc}: a row function takes (text, row) and "
+                           "returns a bool, (bool, reason) or a float") from None
 
 
 def validate_params(spec: Any, loc: str) -> list[str]:
