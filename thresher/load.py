@@ -1,5 +1,9 @@
 """Reading a finished run, for training jobs: manifest, shard paths, Arrow/datasets/torch.
 
+Every function takes an output folder (and reads its `latest` snapshot, resolved once per
+call, so a refresh that moves `latest` mid-read never mixes two snapshots) or a snapshot
+folder (`OUT/snapshots/<id>`, or `OUT/latest`).
+
 Shards are Arrow IPC files in the *stream* format by default (`output.ipc_format: stream`),
 which is what `datasets.Dataset.from_file` memory-maps; `load_dataset("arrow")` reads both
 formats. `pyarrow.dataset`'s "arrow" format needs the IPC *file* format: either set
@@ -20,6 +24,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from thresher.core.errors import UserError
+from thresher.engine import snapshots
 from thresher.io.atomic import sha256_file
 
 MANIFEST = "manifest.json"
@@ -32,7 +37,18 @@ class ShardMismatchError(UserError):
     run finished (another run writing into it, a copy cut short), so its rows cannot be trusted."""
 
 
+def snapshot_dir(out_dir: str, manifest: dict[str, Any] | None = None) -> str:
+    """The folder whose shards `manifest` lists: the snapshot it names under `out_dir`, else
+    `out_dir`'s latest snapshot (or `out_dir` itself for a snapshot folder)."""
+    sid = (manifest or {}).get("snapshot")
+    if sid and os.path.isfile(os.path.join(snapshots.snapshot_path(out_dir, sid), MANIFEST)):
+        return snapshots.snapshot_path(out_dir, sid)
+    return snapshots.resolve(out_dir)
+
+
 def load_manifest(out_dir: str) -> dict[str, Any]:
+    """The manifest of `out_dir`'s latest snapshot (or of the snapshot folder given)."""
+    out_dir = snapshots.resolve(out_dir)
     path = os.path.join(out_dir, MANIFEST)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -46,6 +62,7 @@ def load_manifest(out_dir: str) -> dict[str, Any]:
 def shard_paths(out_dir: str, manifest: dict[str, Any] | None = None, verify: Verify = "size") -> list[str]:
     """Absolute paths of a finished run's shards, in order, each checked against the manifest."""
     manifest = manifest or load_manifest(out_dir)
+    out_dir = snapshot_dir(out_dir, manifest)
     paths = []
     for s in manifest["shards"]:
         path = os.path.join(out_dir, s["path"])

@@ -47,7 +47,7 @@ def test_readme_plugin_runs_through_thresher_run(tmp_path):
     res = subprocess.run([sys.executable, "-m", "thresher.cli", "run", str(tmp_path / "recipe.yaml"), "--no-prefect"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "out" / "latest" / "manifest.json").read_text())
     st = m["stages"]["min_words"]
     assert st["type"] == "my_filters.short_text:MinWords" and st["rows_in"] == 6
     assert st["dropped"] == {"too_few_words": 3}

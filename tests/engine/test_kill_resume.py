@@ -35,9 +35,14 @@ def _run(recipe: Path, env: dict) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
-def _shards(out: Path) -> dict[str, bytes]:
-    d = out / "shards"
+def _shards(snapshot: Path) -> dict[str, bytes]:
+    d = snapshot / "shards"
     return {p.name: p.read_bytes() for p in sorted(d.glob("part-*.arrow"))} if d.exists() else {}
+
+
+def _newest_snapshot(out: Path) -> Path:
+    snaps = sorted((out / "snapshots").iterdir()) if (out / "snapshots").exists() else []
+    return snaps[-1] if snaps else out / "snapshots" / "none"
 
 
 def test_sigkill_mid_run_then_rerun_gives_identical_shards(tmp_path):
@@ -53,7 +58,7 @@ def test_sigkill_mid_run_then_rerun_gives_identical_shards(tmp_path):
 
     p = _run(tmp_path / "ref.yaml", env)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
-    reference = _shards(tmp_path / "ref")
+    reference = _shards(tmp_path / "ref" / "latest")
     ref_manifest = load_manifest(str(tmp_path / "ref"))
     assert len(reference) >= 10 and ref_manifest["num_rows"] == 80_000
 
@@ -61,14 +66,16 @@ def test_sigkill_mid_run_then_rerun_gives_identical_shards(tmp_path):
     out = tmp_path / "out"
     p = _run(tmp_path / "recipe.yaml", env)
     deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and not _shards(out):
+    while time.time() < deadline and p.poll() is None and not _shards(_newest_snapshot(out)):
         time.sleep(0.005)
     assert p.poll() is None, "the run finished before it could be killed; make the corpus bigger"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
 
-    assert not (out / "manifest.json").exists()
-    visible = _shards(out)
+    killed = _newest_snapshot(out)
+    assert not (killed / "manifest.json").exists() and not (out / "latest").exists()
+    assert not (out / "LATEST").exists()
+    visible = _shards(killed)
     assert 0 < len(visible) < len(reference)
     # Whatever carries a final name is complete: byte-identical to the uninterrupted run's.
     for name, data in visible.items():
@@ -76,7 +83,9 @@ def test_sigkill_mid_run_then_rerun_gives_identical_shards(tmp_path):
 
     p = _run(tmp_path / "recipe.yaml", env)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
-    assert _shards(out) == reference
+    assert _shards(out / "latest") == reference
     m = load_manifest(str(out))
     assert [(s["path"], s["sha256"]) for s in m["shards"]] == [(s["path"], s["sha256"]) for s in ref_manifest["shards"]]
-    assert not [f for f in os.listdir(out / "shards") if ".tmp-" in f]  # temp files swept
+    # The killed run's unfinished snapshot is gone; only the finished one remains.
+    assert [p.name for p in (out / "snapshots").iterdir()] == [m["snapshot"]] != [killed.name]
+    assert not [f for f in os.listdir(out / "latest" / "shards") if ".tmp-" in f]

@@ -93,7 +93,7 @@ def test_mixed_inputs_quarantine_and_counts(mixed_inputs):
     assert all(s["rows"] <= 150 for s in m["shards"])
 
     # One quarantine row per bad line, with its file, line number and reason.
-    q = read_shard(str(out / m["quarantine"][0]["path"])).to_pylist()
+    q = read_shard(str(out / "latest" / m["quarantine"][0]["path"])).to_pylist()
     got = {(Path(r["source_file"]).name, r["source_row"]): r["reason"] for r in q}
     assert set(got) == {("b.jsonl.gz", ln) for ln in mixed_inputs["bad"]}
     assert got[("b.jsonl.gz", 11)].startswith("invalid JSON")
@@ -110,7 +110,7 @@ def test_mixed_inputs_quarantine_and_counts(mixed_inputs):
     for i in m["inputs"]:
         assert i["sha256"] == _sha(i["path"]) and i["size"] == os.path.getsize(i["path"])
     for s in m["shards"]:
-        assert s["sha256"] == _sha(str(out / s["path"]))
+        assert s["sha256"] == _sha(str(out / "latest" / s["path"]))
     names = [f["name"] for f in m["schema"]["fields"]]
     assert names[:5] == ["id", "text", "source", "source_file", "source_row"]
     assert "score" in names and "orig_source" in names  # source fields survive; the clash is renamed
@@ -208,7 +208,7 @@ def test_exact_dedup_keeps_first_occurrence_and_records_dropped(tmp_path):
     assert res.exit_code == 0, res.output
     m = load_manifest(str(tmp_path / "out"))
     assert m["counts"]["by_source"]["b"]["dropped"] == {"exact_dedup": {"duplicate": 9}}
-    dropped = read_shard(str(tmp_path / "out" / m["dropped"][0]["path"]))
+    dropped = read_shard(str(tmp_path / "out" / "latest" / m["dropped"][0]["path"]))
     pairs = dict(zip(dropped.column("id").to_pylist(), dropped.column("duplicate_of").to_pylist(), strict=True))
     assert pairs == {f"dup{i}": rows[i]["id"] for i in range(10) if i != 3}
     assert set(dropped.column("drop_reason").to_pylist()) == {"duplicate"}
@@ -228,8 +228,9 @@ def test_too_many_bad_records_fail_the_run(tmp_path):
     res = CliRunner().invoke(app, ["run", str(_write_recipe(tmp_path, recipe)), "--no-prefect"])
     assert res.exit_code == 1
     assert "5 of 25 records (20.0%) were malformed" in res.output and "max_bad_fraction" in res.output
-    assert not (tmp_path / "out" / "manifest.json").exists()
-    assert (tmp_path / "out" / "quarantine" / "part-00000-00000.arrow").exists()  # kept for inspection
+    assert not (tmp_path / "out" / "latest").exists()  # a failed run never becomes `latest`
+    # Its unfinished snapshot keeps the quarantine for inspection (until the next run).
+    assert list((tmp_path / "out" / "snapshots").glob("*/quarantine/part-00000-00000.arrow"))
 
 
 def test_portable_runner_gives_the_same_shards(mixed_inputs):

@@ -148,7 +148,7 @@ def test_full_disk_mid_run(tmp_path, monkeypatch):
     monkeypatch.setattr(shards, "write_atomic", full)
     err = _short(_cli("run", str(_recipe(tmp_path)), "--no-prefect"), 1, lines=1)
     assert "No space left on device" in err and "free some space" in err
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "latest").exists()
 
 
 def test_inspect_missing_or_corrupt_manifest(tmp_path):
@@ -250,7 +250,7 @@ def _big_recipe(big: Path, tmp: Path, **extra) -> Path:
 
 
 def _start(recipe: Path, prefect: bool) -> subprocess.Popen:
-    args = [sys.executable, "-m", "thresher.cli", "run", str(recipe)] + ([] if prefect else ["--no-prefect"])
+    args = [sys.executable, "-m", "thresher.cli", "run", str(recipe), "--prefect" if prefect else "--no-prefect"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     # Its own session, so that a "terminal Ctrl-C" can go to the whole process group.
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
@@ -261,7 +261,7 @@ def _interrupt(tmp: Path, recipe: Path, prefect: bool, sig: int, group: bool = F
     out = tmp / "out"
     p = _start(recipe, prefect)
     deadline = time.time() + 240
-    while time.time() < deadline and p.poll() is None and not (out / "_work").is_dir():
+    while time.time() < deadline and p.poll() is None and not list(out.glob("snapshots/*/_work")):
         time.sleep(0.02)
     time.sleep(1.0)  # into the Beam pipeline
     assert p.poll() is None, "the run finished before it could be interrupted"
@@ -282,7 +282,7 @@ def _interrupt(tmp: Path, recipe: Path, prefect: bool, sig: int, group: bool = F
     assert err.splitlines()[-1] == (f"interrupted ({name}): the run stopped unfinished, no manifest written; "
                                     "rerun to finish it"), err[-3000:]
     assert "Traceback" not in err and "ConnectError" not in err
-    assert not (out / "manifest.json").exists()
+    assert not (out / "latest").exists()
     gone, alive = psutil.wait_procs(children, timeout=2)
     assert not alive, [c.pid for c in alive]  # Prefect's server, Beam's workers: ended too
 

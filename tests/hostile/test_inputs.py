@@ -58,12 +58,14 @@ def _run(tmp_path: Path, sources: list[dict]):
     recipe.write_text(yaml.safe_dump({"sources": sources, "output": {"dir": "out"}}))
     res = CliRunner().invoke(app, ["run", str(recipe), "--no-prefect"])
     out = tmp_path / "out"
-    manifest = load_manifest(str(out)) if (out / "manifest.json").exists() else None
+    manifest = load_manifest(str(out)) if (out / "latest" / "manifest.json").exists() else None
     return res.exit_code, res.output, manifest
 
 
 def _quarantine(tmp_path: Path) -> list[dict]:
-    return read_shard(str(tmp_path / "out" / "quarantine" / "part-00000-00000.arrow")).to_pylist()
+    """The newest snapshot's quarantine (the latest's, or a failed run's unfinished one)."""
+    newest = sorted((tmp_path / "out" / "snapshots").iterdir())[-1]
+    return read_shard(str(newest / "quarantine" / "part-00000-00000.arrow")).to_pylist()
 
 
 # --- case 1: invalid UTF-8 in `text` quarantines its line; reading goes on -------------------
@@ -203,7 +205,7 @@ def test_4_run_writes_only_shards_a_training_job_can_read(tmp_path):
     _arrow_with_bad_utf8(tmp_path / "t.arrow")
     code, output, m = _run(tmp_path, [{"name": "t", "paths": ["t.arrow"], "max_bad_fraction": 0.5}])
     assert code == 0, output
-    rows = [r for s in m["shards"] for r in read_shard(str(tmp_path / "out" / s["path"])).to_pylist()]
+    rows = [r for s in m["shards"] for r in read_shard(str(tmp_path / "out" / "latest" / s["path"])).to_pylist()]
     assert sorted(r["text"] for r in rows) == ["one", "three"]
     c = m["counts"]["by_source"]["t"]
     assert (c["read"], c["quarantined"], c["written"]) == (4, 2, 2)

@@ -151,8 +151,9 @@ def test_a_manifest_json_thresher_did_not_write_is_never_replaced(tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_deletes_only_files_thresher_wrote(tmp_path):
-    """User files inside the output folder survive every rerun; thresher's stale files go."""
+def test_reruns_write_only_snapshots_and_spare_every_user_file(tmp_path):
+    """User files inside the output folder survive every rerun; old snapshots and a killed
+    run's unfinished one go."""
     _write_jsonl(tmp_path / "data" / "a.jsonl", demo_pool_rows(1000))
     out = tmp_path / "data" / "out"
     (out / "reports").mkdir(parents=True)
@@ -164,28 +165,30 @@ def test_rerun_deletes_only_files_thresher_wrote(tmp_path):
     (out / "shards" / ".keep.tmp-notes").write_text("a user file that merely contains .tmp-")
     user = _snapshot(out)
     recipe = {"sources": [{"name": "a", "paths": ["data/*.jsonl"], "id_field": "id"}],
-              "output": {"dir": "data/out", "shard_max_rows": 100, "partitions": 2}}
+              "output": {"dir": "data/out", "shard_max_rows": 100, "partitions": 2, "keep_snapshots": 2}}
     for _ in range(3):  # the glob data/*.jsonl never reaches data/out: 1,000 rows every time
-        res = _cli("run", _recipe(tmp_path, recipe), "--no-prefect")
+        res = _cli("run", _recipe(tmp_path, recipe), "--no-prefect", "--force")
         assert res.exit_code == 0, res.output
         m = load_manifest(str(out))
         assert m["num_rows"] == 1000 and m["counts"]["by_source"]["a"]["read"] == 1000
-    first = set(m["files"])
-    assert len([f for f in first if f.startswith("shards/")]) == 11  # 2 partitions of ~500 rows, 100 per shard
+    assert len([f for f in m["files"] if f.startswith("shards/")]) == 11  # 2 partitions of ~500 rows, 100 per shard
+    assert len(list((out / "snapshots").iterdir())) == 2  # keep_snapshots
 
-    # A killed run's writer had claimed (and written) a shard no manifest lists.
-    (out / "_work" / "claims").mkdir(parents=True)
-    (out / "_work" / "claims" / "shards-part-00009.json").write_text('["shards/part-00009-00000.arrow"]')
-    (out / "shards" / "part-00009-00000.arrow").write_bytes(b"left by a killed run")
+    # A killed run's unfinished snapshot (marked as thresher's, no manifest) with a shard in it.
+    dead = out / "snapshots" / "20000101T000000Z"
+    (dead / "shards").mkdir(parents=True)
+    (dead / ".thresher-snapshot").write_text('{"id": "20000101T000000Z"}')
+    (dead / "shards" / "part-00009-00000.arrow").write_bytes(b"left by a killed run")
     recipe["output"]["partitions"] = 1
     res = _cli("run", _recipe(tmp_path, recipe), "--no-prefect")
     assert res.exit_code == 0, res.output
     m = load_manifest(str(out))
-    shards = sorted(p.name for p in (out / "shards").glob("part-*.arrow"))
-    assert shards == [f"part-00000-{j:05d}.arrow" for j in range(10)]  # the 2-partition and killed shards gone
+    assert not dead.exists()
+    shards = sorted(p.name for p in (out / "latest" / "shards").glob("part-*.arrow"))
+    assert shards == [f"part-00000-{j:05d}.arrow" for j in range(10)]
     assert m["files"] == [f"shards/part-00000-{j:05d}.arrow" for j in range(10)]
-    assert _snapshot(out, skip=("manifest.json", "shards/part-", ".thresher")) == user  # every user file intact
-    assert not (out / "_work").exists() and not (out / ".thresher-owned.json").exists()
+    assert _snapshot(out, skip=("snapshots/", "LATEST", ".thresher")) == user  # every user file intact
+    assert not list(out.rglob("_work"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,8 +247,8 @@ def _big_corpus(tmp: Path, files: int = 6, copies: int = 5) -> None:
                     fh.write(json.dumps({"id": f"{r['id']}#{f}.{c}", "text": f"{r['text']} ({f}.{c})"}) + "\n")
 
 
-def _run_cli(recipe: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "thresher.cli", "run", str(recipe), "--no-prefect"],
+def _run_cli(recipe: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "thresher.cli", "run", str(recipe), "--no-prefect", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="400"))
 
@@ -278,20 +281,16 @@ def test_two_runs_into_one_folder_then_a_killed_one(tmp_path):
     assert good["num_rows"] == 6 * 5 * len(demo_pool_rows())
 
     # A third run killed part-way: the folder never carries a manifest its shards contradict.
-    c = _run_cli(recipe)
-    while time.time() < deadline + 120 and not (out / "_work" / "claims").exists() and c.poll() is None:
+    c = _run_cli(recipe, "--force")
+    while time.time() < deadline + 120 and not list(out.glob("snapshots/*/_work")) and c.poll() is None:
         time.sleep(0.005)
     assert c.poll() is None, "the run finished before it could be killed"
     os.kill(c.pid, signal.SIGKILL)
     c.wait()
-    if (out / "manifest.json").exists():
-        m = load_manifest(str(out))
-        assert m == good
-        shard_paths(str(out), m, verify="sha256")
-    else:
-        with pytest.raises(FileNotFoundError, match="is not a finished thresher run"):
-            load_manifest(str(out))
-    d = _run_cli(recipe)  # the killed run's lock died with it
+    m = load_manifest(str(out))  # `latest` still names the good snapshot, whole
+    assert m == good
+    shard_paths(str(out), m, verify="sha256")
+    d = _run_cli(recipe, "--force")  # the killed run's lock died with it
     assert d.wait(timeout=300) == 0, d.stderr.read()[-3000:]
     assert [s["sha256"] for s in load_manifest(str(out))["shards"]] == [s["sha256"] for s in good["shards"]]
 
@@ -303,14 +302,14 @@ def test_run_plan_waits_for_the_lock_when_asked(tmp_path):
                     base_dir=str(tmp_path))
     plan = make_plan(recipe)
     assert plan.wait_for_lock is False
-    with output_lock(plan.out_dir), pytest.raises(OutputBusyError):
+    with output_lock(plan.root_dir), pytest.raises(OutputBusyError):
         run_plan(plan)
-    assert not (tmp_path / "out" / "_work").exists()  # refused before preparing anything
+    assert not (tmp_path / "out" / "snapshots").exists()  # refused before preparing anything
     plan.wait_for_lock = True
     held = threading.Event()
 
     def hold():
-        with output_lock(plan.out_dir):
+        with output_lock(plan.root_dir):
             held.set()
             time.sleep(1.0)
 
@@ -318,7 +317,7 @@ def test_run_plan_waits_for_the_lock_when_asked(tmp_path):
     th.start()
     held.wait(5)
     t0 = time.monotonic()
-    assert run_plan(plan).endswith("manifest.json")
+    assert run_plan(plan).manifest.endswith("manifest.json")
     assert time.monotonic() - t0 >= 0.5
     th.join()
     assert load_manifest(plan.out_dir)["num_rows"] == 50

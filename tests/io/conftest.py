@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from thresher.io.ingest import plan_reads, read_task
-from thresher.load import load_manifest, read_shard
+from thresher.load import load_manifest, read_shard, shard_paths
 from thresher.recipe.load import validate_recipe
 
 QA = [
@@ -92,7 +92,7 @@ def shard_rows():
 
     def rows_of(out: Path) -> list[dict]:
         m = load_manifest(str(out))
-        rows = [r for s in m["shards"] for r in read_shard(str(out / s["path"])).to_pylist()]
+        rows = [r for p in shard_paths(str(out), m) for r in read_shard(p).to_pylist()]
         return sorted(rows, key=lambda r: (r["source"], r["source_row"]))
 
     return rows_of

@@ -48,7 +48,10 @@ def test_truncated_gzip_fails_the_source_and_says_where(tmp_path):
     with pytest.raises(BadInputError, match=r"source 'c': .*cut\.jsonl\.gz"):
         run_recipe({"sources": [{"name": "c", "paths": ["cut.jsonl.gz"], "max_bad_fraction": 0.01}],
                     "output": {"dir": "out"}}, tmp_path)
-    q = read_shard(str(tmp_path / "out" / "quarantine" / "part-00000-00000.arrow")).to_pylist()
+    # The failed run never became `latest`; its unfinished snapshot keeps the quarantine.
+    assert not (tmp_path / "out" / "latest").exists()
+    (q_file,) = (tmp_path / "out" / "snapshots").glob("*/quarantine/part-00000-00000.arrow")
+    q = read_shard(str(q_file)).to_pylist()
     assert len(q) == 1 and q[0]["source_row"] == -1
     assert re.fullmatch(r"file unreadable: .*cut\.jsonl\.gz: cannot be read past line \d+ \(file byte \d+\): "
                         r"truncated gzip stream near byte \d+: Compressed file ended before the end-of-stream "

@@ -101,7 +101,7 @@ def test_variance_filter_and_mcts_against_real_model(llama, tmp_path):
     rep = _report(m, "variance_filter")
     # Kept rows are in the shards, dropped ones (with their scores) in dropped/: every problem scored.
     rows = _shard_rows(str(tmp_path / "vf"))
-    dropped = [r for d in m.get("dropped", []) for r in _read(tmp_path / "vf", d["path"])]
+    dropped = [r for d in m.get("dropped", []) for r in _read(tmp_path / "vf" / "latest", d["path"])]
     scored = rows + dropped
     assert len(scored) == len(probs) == rep["rows"]
     assert all(r["variance_status"] == "scored" and r["n_rollouts"] == 4 for r in scored)

@@ -19,6 +19,9 @@ class StageContext:
     recipe: Recipe | None = None  # relative paths in params resolve against its folder
     index: int = 0  # position in `recipe.stages`
     write_dropped: bool = False  # also emit dropped rows (for OUT/dropped/)
+    # Folder of the content-keyed per-row cache (`thresher.io.row_cache`), or None when the
+    # recipe turns caching off. Shared by every snapshot of one output folder.
+    cache_dir: str | None = None
 
     def resolve(self, path: str) -> str:
         if self.recipe is not None:

@@ -58,6 +58,26 @@ def stage_dropped(stage: str, reason: str) -> str:
     return f"{stage}/dropped/{reason}"
 
 
+def cache_hits(stage: str):
+    """Rows whose per-row result came from the row cache (`io/row_cache.py`)."""
+    return stage_counter(stage, "cache", "hits")
+
+
+def cache_misses(stage: str):
+    """Rows computed because the row cache did not have them (then stored)."""
+    return stage_counter(stage, "cache", "misses")
+
+
+def cache_counts(counters: dict[str, int]) -> dict[str, dict[str, int]]:
+    """{stage: {hits, misses}} for every stage that used the row cache (for the manifest)."""
+    out: dict[str, dict[str, int]] = {}
+    for k, v in counters.items():
+        stage, sep, rest = k.rpartition("/cache/")
+        if sep and rest in ("hits", "misses"):
+            out.setdefault(stage, {"hits": 0, "misses": 0})[rest] += v
+    return out
+
+
 def stage_counters(counters: dict[str, int], stage: str) -> dict[str, int]:
     """`<stage>/...` counters with the stage prefix removed."""
     prefix = f"{stage}/"

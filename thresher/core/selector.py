@@ -12,6 +12,8 @@ A selector author writes (all but `decide` optional):
                                  row, `reason` one string or one per row (read where dropped)
     summarise(batch, keep) -> dict   per batch; numbers and arrays add, lists concatenate
     report(summary[, selected]) -> dict   the stage's report (reports/<stage>.json, manifest)
+    score_thresholds() -> dict   score column -> the threshold(s) `decide` applies to it, for
+                                 the score sample (the HTML report marks them on histograms)
     internal_columns             columns only the stage's own steps use: never written
     dropped_only_columns         columns that only mean something on dropped rows (`dropped/`)
 
@@ -20,11 +22,22 @@ and gets for free: one Beam wiring for every selector, counters `<stage>/in/<sou
 `drop_stage`/`drop_reason` in `OUT/dropped/` when the recipe asks, internal columns stripped,
 the report written. Decisions are the columns `__keep` / `__drop_reason` between `decide` and
 the split; a stage never touches them.
+
+Score sample: for a stage with a summary step (it defines `summarise`, `report` or `score`),
+the template also keeps a bounded sample (`score_sample_size` rows, bottom-k by a hash of the
+row key, so the same rows for any batching) of every numeric column `score()` or `decide()`
+added, kept and dropped rows alike, with exact totals, and writes it to
+`reports/<stage>.score_sample.json` (see `thresher.report.sample`); the stage's own report is
+unchanged. The names of those columns ride from score to summary as metadata on the `__keep`
+field (and, between `score` and `decide` of a global selector, on the batch's schema).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import logging
+import os
 from typing import Any, ClassVar
 
 import apache_beam as beam
@@ -33,14 +46,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thresher.core import columns as cols
-from thresher.core import counters
+from thresher.core import counters, rows
 from thresher.core.reports import SumSummaries, report_path, write_report
 from thresher.core.stage import Hook, Stage, overrides
+from thresher.report import sample as score_sample
 
 KEEP = "__keep"
 DROP_REASON = "__drop_reason"
 DROPPED_TAG = "dropped"
 DROP_STAGE_COLUMN, DROP_REASON_COLUMN = "drop_stage", "drop_reason"
+SAMPLE_KEY = "__score_sample"  # reserved summary key: the score sample, taken out before report()
+SCORED_META = b"thresher.score_columns"
 
 
 def with_decisions(batch: pa.RecordBatch, keep: Any, reason: Any,
@@ -70,6 +86,30 @@ def _columns_out(batch: pa.RecordBatch, out: Any, hook: str) -> pa.RecordBatch:
     raise TypeError(f"{hook}() must return a dict of columns, a RecordBatch or None, not {type(out).__name__}")
 
 
+def _added(before: pa.RecordBatch, out: Any, after: pa.RecordBatch) -> list[str]:
+    """The columns a hook returned (`out`: its dict of columns, or a whole batch)."""
+    if isinstance(out, dict):
+        return list(out)
+    if isinstance(out, pa.RecordBatch):
+        return [n for n in after.schema.names if n not in before.schema.names]
+    return []
+
+
+def _decided(batch: pa.RecordBatch, decision: tuple, scored: list[str]) -> pa.RecordBatch:
+    """`with_decisions`, with the names of the columns score/decide added noted on `__keep`."""
+    out = with_decisions(batch, *decision)
+    extra = decision[2] if len(decision) == 3 and isinstance(decision[2], dict) else {}
+    names = list(dict.fromkeys([*scored, *extra]))
+    idx = out.schema.get_field_index(KEEP)
+    field = pa.field(KEEP, pa.bool_(), metadata={SCORED_META: json.dumps(names)})
+    return out.set_column(idx, field, out.column(idx))
+
+
+def _scored_names(batch: pa.RecordBatch, meta_of: pa.Schema | pa.Field | None) -> list[str]:
+    meta = (meta_of.metadata if meta_of is not None else None) or {}
+    return json.loads(meta[SCORED_META]) if SCORED_META in meta else []
+
+
 def _takes_selected(function) -> bool:
     """Does `decide` (a function defined in a class: self first) take a `selected` argument?"""
     sig = inspect.signature(function).parameters.values()
@@ -85,7 +125,13 @@ class _Score(beam.DoFn):
         self.stage.setup()
 
     def process(self, batch: pa.RecordBatch):
-        yield _columns_out(batch, self.stage.score(batch), "score")
+        out = self.stage.score(batch)
+        scored = _columns_out(batch, out, "score")
+        names = _added(batch, out, scored)
+        if names:  # for _Decide, which takes the names off again
+            meta = {**(scored.schema.metadata or {}), SCORED_META: json.dumps(names).encode()}
+            scored = scored.replace_schema_metadata(meta)
+        yield scored
 
 
 class _ScoreDecide(beam.DoFn):
@@ -99,8 +145,9 @@ class _ScoreDecide(beam.DoFn):
         self.stage.setup()
 
     def process(self, batch: pa.RecordBatch):
-        batch = _columns_out(batch, self.stage.score(batch), "score")
-        yield with_decisions(batch, *_decision(self.stage, self.stage.decide(batch)))
+        out = self.stage.score(batch)
+        scored = _columns_out(batch, out, "score")
+        yield _decided(scored, _decision(self.stage, self.stage.decide(scored)), _added(batch, out, scored))
 
 
 def _decision(stage: Selector, out: Any) -> tuple:
@@ -116,7 +163,11 @@ class _Decide(beam.DoFn):
         self.stage = stage
 
     def process(self, batch: pa.RecordBatch, selected):
-        yield with_decisions(batch, *_decision(self.stage, self.stage.decide(batch, selected)))
+        names = _scored_names(batch, batch.schema)
+        if names:
+            meta = {k: v for k, v in batch.schema.metadata.items() if k != SCORED_META}
+            batch = batch.replace_schema_metadata(meta or None)
+        yield _decided(batch, _decision(self.stage, self.stage.decide(batch, selected)), names)
 
 
 class _Summarise:
@@ -127,11 +178,29 @@ class _Summarise:
 
     def __call__(self, batch: pa.RecordBatch) -> dict:
         keep = batch.column(KEEP).to_numpy(zero_copy_only=False)
-        return self.stage.summarise(batch, keep)
+        out = self.stage.summarise(batch, keep) or {}
+        skip = set(self.stage.internal_columns)
+        names = [n for n in _scored_names(batch, batch.schema.field(KEEP))
+                 if n in batch.schema.names and n not in skip and not rows.is_internal(n)
+                 and score_sample.is_score_type(batch.schema.field(n).type)]
+        if names:
+            try:
+                hashes = score_sample.row_hashes(batch, rows.ROW_KEY, rows.ID)
+                sample = score_sample.ScoreSample.of_batch(batch, keep, names, hashes, self.stage.score_sample_size)
+            except Exception as exc:  # the sample only feeds report.html: it must not fail the run
+                logging.getLogger(__name__).warning("%s: score sample of a batch failed: %s", self.stage.name, exc)
+                sample = score_sample.ScoreSample.failed(batch, f"{type(exc).__name__}: {exc}")
+            out = {**out, SAMPLE_KEY: sample}
+        return out
 
 
 def _finish_report(summary: dict, stage: Selector, *side) -> dict:
+    summary = {k: v for k, v in summary.items() if k != SAMPLE_KEY}
     return stage.report(summary, side[0]) if side else stage.report(summary)
+
+
+def _write_sample(summary: dict, stage: Selector, path: str) -> None:
+    score_sample.write_sample(summary.get(SAMPLE_KEY), path, stage.name, stage.score_thresholds())
 
 
 class _Apply(beam.DoFn):
@@ -184,11 +253,12 @@ class SelectorTransform(beam.PTransform):
             selected = scored | Hook(st.select, label="Select")
             side = (beam.pvalue.AsSingleton(selected),)
             decided = scored | "Decide" >> beam.ParDo(_Decide(light), *side)
-        if overrides(st, "summarise", Selector) or overrides(st, "report", Selector):
-            if overrides(st, "summarise", Selector):
-                summary = decided | "Summarise" >> beam.CombineGlobally(SumSummaries(_Summarise(light)))
-            else:
-                summary = batches.pipeline | "NoSummary" >> beam.Create([{}])
+        reports = overrides(st, "summarise", Selector) or overrides(st, "report", Selector)
+        if reports or overrides(st, "score", Selector):
+            summary = decided | "Summarise" >> beam.CombineGlobally(SumSummaries(_Summarise(light)))
+            path = score_sample.sample_path(os.path.dirname(report_path(st.ctx.work_dir, st.name)), st.name)
+            _ = summary | "WriteScoreSample" >> beam.Map(_write_sample, light, path)
+        if reports:
             report = summary | "Report" >> beam.Map(_finish_report, light, *side)
             _ = report | "WriteReport" >> beam.Map(write_report, report_path(st.ctx.work_dir, st.name))
         apply = _Apply(st.name, st.ctx.write_dropped, tuple(st.internal_columns), tuple(st.dropped_only_columns))
@@ -205,6 +275,7 @@ class Selector(Stage):
     kind: ClassVar[str] = "selector"
     internal_columns: ClassVar[tuple[str, ...]] = ()
     dropped_only_columns: ClassVar[tuple[str, ...]] = ()
+    score_sample_size: ClassVar[int] = score_sample.DEFAULT_SIZE  # rows sampled (at most 5,000)
 
     @classmethod
     def contract_problems(cls) -> list[str]:
@@ -229,6 +300,10 @@ class Selector(Stage):
 
     def report(self, summary: dict[str, Any], selected: Any = None) -> dict[str, Any]:
         return summary
+
+    def score_thresholds(self) -> dict[str, float | list[float]]:
+        """Score column -> the threshold(s) `decide` compares it with (none by default)."""
+        return {}
 
     def transform(self) -> SelectorTransform:
         return SelectorTransform(self)

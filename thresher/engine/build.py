@@ -3,11 +3,11 @@
     sources -> Ingest -> stage 1 -> ... -> stage N -> WriteShards -> OUT/shards/
                   \\-> quarantine -> OUT/quarantine/        dropped rows -> OUT/dropped/
 
-`run_pipeline` prepares the output directory (records which files earlier runs wrote, then
-removes the old manifest, so a directory with a half-finished run never looks complete), runs
-the pipeline, and returns a `RunResult` with the Beam counters and the shard lists that
+`run_pipeline` starts a new snapshot folder (`engine.snapshots`: earlier snapshots and the
+`latest` pointer are not touched, so readers never see a half-written run), runs the pipeline
+into it, and returns a `RunResult` with the Beam counters and the shard lists that
 `flows.publish` turns into the manifest. The caller holds the folder's lock
-(`engine.outdir.output_lock`) around prepare -> run -> publish.
+(`engine.outdir.output_lock`) around start -> run -> publish.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from thresher.core import counters as names
-from thresher.engine import duplicate_ids
-from thresher.engine.outdir import record_owned
+from thresher.engine import duplicate_ids, snapshots
 from thresher.engine.plan import RunPlan
 from thresher.io.atomic import sweep_temp_files
 from thresher.io.ingest import ReadSources, failed_reads
@@ -55,15 +54,14 @@ class BadInputError(RuntimeError):
     `on_duplicate_id: error`."""
 
 
-def prepare_out_dir(plan: RunPlan) -> None:
-    """Ready OUT for a run. Deletes nothing a user wrote: only thresher's temp files and work
-    folder; earlier runs' files stay until `publish` removes those this run did not rewrite."""
-    os.makedirs(plan.out_dir, exist_ok=True)
-    record_owned(plan.out_dir, plan.manifest_path, plan.work_dir)  # before the manifest goes
-    if os.path.exists(plan.manifest_path):
-        os.unlink(plan.manifest_path)  # the directory stops looking complete before any shard changes
-    sweep_temp_files(plan.out_dir)
-    shutil.rmtree(plan.work_dir, ignore_errors=True)
+def start_snapshot(plan: RunPlan) -> None:
+    """Give the run a new snapshot folder (under the lock: nobody else is writing). Unfinished
+    snapshots of earlier, dead runs go first; finished ones stay until `publish` prunes."""
+    os.makedirs(plan.root_dir, exist_ok=True)
+    snapshots.prune(plan.root_dir, keep=None)  # unfinished ones only
+    sweep_temp_files(plan.root_dir)
+    plan.bind_snapshot(snapshots.new_snapshot_id(plan.root_dir))
+    snapshots.begin(plan.root_dir, plan.snapshot)
     os.makedirs(plan.work_dir, exist_ok=True)
 
 
@@ -93,7 +91,8 @@ def build(plan: RunPlan, pipeline) -> None:
 
 def run_pipeline(plan: RunPlan) -> RunResult:
     """Run the plan's Beam pipeline to completion and collect its results."""
-    prepare_out_dir(plan)
+    start_snapshot(plan)
+    log.info("writing snapshot %s", plan.out_dir)
     t0 = time.perf_counter()
     pipeline = beam.Pipeline(options=plan.pipeline_options())
     build(plan, pipeline)

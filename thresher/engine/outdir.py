@@ -27,8 +27,6 @@ from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from typing import Any
 
-from thresher.io.atomic import write_bytes_atomic
-from thresher.io.shards import CLAIMS  # WORK/claims/*.json: shard paths a writer is about to create
 from thresher.recipe.schema import Recipe
 
 LOCK_FILE = ".thresher.lock"
@@ -127,69 +125,6 @@ def foreign_manifest_problem(manifest_path: str, fmt_prefix: str = "thresher-man
         return None
     return (f"output.dir: {manifest_path} is not a thresher manifest; thresher would replace it, so "
             "choose another output folder (or move the file)")
-
-
-# ---------------------------------------------------------------------------------------
-# Files thresher wrote: the only ones it ever deletes
-
-
-def manifest_files(manifest: dict[str, Any]) -> list[str]:
-    """Every path (relative to OUT) a finished run wrote, as its manifest lists them."""
-    if "files" in manifest:
-        return list(manifest["files"])
-    # A manifest from before the `files` list: what its sections name.
-    out = [x["path"] for k in ("shards", "dropped", "quarantine", "artifacts") for x in manifest.get(k) or []]
-    return out + [f"reports/{name}.json" for name in manifest.get("stages") or {}]
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
-def record_owned(out_dir: str, manifest_path: str, work_dir: str) -> set[str]:
-    """Before a run touches anything: gather what earlier runs wrote here (the old manifest's
-    files, an unfinished run's ledger and its writers' claims) into OUT/.thresher-owned.json.
-
-    The ledger is written before the old manifest is removed, so whenever the run is killed,
-    one of the two still says which files are thresher's."""
-    owned: set[str] = set()
-    old = _read_json(manifest_path)
-    if isinstance(old, dict):
-        owned.update(manifest_files(old))
-    owned.update(_read_json(os.path.join(out_dir, OWNED_FILE)) or [])
-    for f in glob.glob(os.path.join(work_dir, CLAIMS, "*.json")):
-        owned.update(_read_json(f) or [])
-    write_bytes_atomic(os.path.join(out_dir, OWNED_FILE), json.dumps(sorted(owned)).encode())
-    return owned
-
-
-def owned_files(out_dir: str) -> set[str]:
-    return set(_read_json(os.path.join(out_dir, OWNED_FILE)) or [])
-
-
-def forget_owned(out_dir: str) -> None:
-    """The new manifest now lists every file: the ledger is no longer needed."""
-    path = os.path.join(out_dir, OWNED_FILE)
-    if os.path.exists(path):
-        os.unlink(path)
-
-
-def remove_owned(out_dir: str, owned: set[str], keep: set[str]) -> list[str]:
-    """Delete the files earlier runs wrote that this run did not; nothing else. Returns them."""
-    removed = []
-    root = os.path.realpath(out_dir)
-    for rel in sorted(owned - keep):
-        path = os.path.realpath(os.path.join(root, rel))
-        # A ledger entry never reaches outside the folder (an edited or foreign list).
-        if os.path.isabs(rel) or not _inside(path, root) or path == root or not os.path.isfile(path):
-            continue
-        os.unlink(path)
-        removed.append(rel)
-    return removed
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the manifest all read the same `RunPlan`; every problem found is raised together
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -18,6 +19,7 @@ from thresher.core.context import StageContext
 from thresher.core.errors import RecipeError
 from thresher.core.registry import make_stage, split_version, stage_class
 from thresher.engine.outdir import foreign_manifest_problem, overlap_problems
+from thresher.engine.snapshots import snapshot_path
 from thresher.io.ingest import InputError, plan_reads
 from thresher.io.shards import auto_partitions
 from thresher.recipe.load import load_recipe
@@ -40,16 +42,36 @@ class RunPlan(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     recipe: Recipe
-    out_dir: str
+    root_dir: str  # the output folder the user named: snapshots/, latest, cache/ live here
+    snapshot: str | None = None  # this run's snapshot id, set by `bind_snapshot` under the lock
     inputs: list[Any]  # io.ingest.InputFile: path, size, sha256 per input file
     runner: str  # the Beam runner class or name actually used
     runner_options: dict[str, Any] = Field(default_factory=dict)
     partitions: int = 1
     # Another run holding the output folder: wait for it (True) or fail at once (False).
     wait_for_lock: bool = False
+    # Run even when the latest snapshot has this run's fingerprint ("up to date").
+    force: bool = False
+    # `engine.fingerprint.fingerprint(plan)`, computed once (it hashes the stages' files).
+    run_fingerprint: dict[str, Any] | None = None
     # Worker-side objects: not part of the plan's JSON form.
     tasks: list[Any] = Field(default_factory=list, exclude=True)  # io.ingest.ReadTask per file / row group
     stages: list[Any] = Field(default_factory=list, exclude=True)  # built stages, params validated, checked
+
+    @property
+    def out_dir(self) -> str:
+        """Where this run writes: its snapshot's folder once bound, the output folder before."""
+        return snapshot_path(self.root_dir, self.snapshot) if self.snapshot else self.root_dir
+
+    @property
+    def cache_dir(self) -> str | None:
+        return cache_dir_of(self.recipe, self.root_dir)
+
+    def bind_snapshot(self, sid: str) -> None:
+        """Point the run, and every stage's context, at snapshot `sid`'s folder."""
+        self.snapshot = sid
+        for stage in self.stages:
+            stage.ctx = dataclasses.replace(stage.ctx, out_dir=self.out_dir, work_dir=self.work_dir)
 
     @property
     def work_dir(self) -> str:
@@ -94,6 +116,13 @@ def stage_name(spec: Any) -> str:
     return stage_class(spec.type).type_name or base.rpartition(":")[2] if ":" in base else base
 
 
+def cache_dir_of(recipe: Recipe, out_dir: str) -> str | None:
+    """The row cache's folder: the recipe's `cache.dir`, else `cache/` in the output folder."""
+    if not recipe.cache.enabled:
+        return None
+    return recipe.resolve(recipe.cache.dir) if recipe.cache.dir else os.path.join(out_dir, "cache")
+
+
 def plan_recipe(recipe_path: str, out: str | None = None, runner: str | None = None,
                 overrides: dict[str, Any] | None = None, with_hashes: bool = True) -> RunPlan:
     """Load, validate and resolve a recipe file (raises `RecipeError`)."""
@@ -117,10 +146,11 @@ def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = N
     problems += overlap_problems(recipe, out, [x.path for x in inputs if "://" not in x.path])
     problems += filter(None, [foreign_manifest_problem(os.path.join(out, MANIFEST))])
     stages = []
+    cache_dir = cache_dir_of(recipe, out)
     for i, spec in enumerate(recipe.stages):
         ctx = StageContext(name=stage_name(spec), seed=recipe.seed, out_dir=out,
                            work_dir=os.path.join(out, WORK_DIR), recipe=recipe, index=i,
-                           write_dropped=recipe.output.write_dropped)
+                           write_dropped=recipe.output.write_dropped, cache_dir=cache_dir)
         stage = make_stage(spec, ctx)
         problems += [f"stages.{i}.{p}" for p in stage.check()]
         stages.append(stage)
@@ -132,5 +162,5 @@ def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = N
     name, opts = resolve_runner(recipe, runner)
     o = recipe.output
     partitions = o.partitions if o.partitions != "auto" else auto_partitions(sum(x.size for x in inputs))
-    return RunPlan(recipe=recipe, out_dir=out, tasks=tasks, inputs=inputs, stages=stages, runner=name,
+    return RunPlan(recipe=recipe, root_dir=out, tasks=tasks, inputs=inputs, stages=stages, runner=name,
                    runner_options=opts, partitions=partitions)

@@ -1,13 +1,14 @@
-"""Publish a finished run: build `manifest.json` and write it last, atomically.
+"""Publish a finished run: write its snapshot's `manifest.json` last, then move `latest` to it.
 
 The manifest is the contract with training jobs: it lists every shard with its rows, bytes
 and sha256, the schema, the resolved recipe and its hash, the inputs (path, size, sha256),
 and where every input row went (read = written + quarantined + dropped by each stage, per
-source). A directory without `manifest.json` is an unfinished run.
+source), the run's fingerprint (what an unchanged rerun compares) and the row cache's hits
+and misses per stage. A snapshot without `manifest.json` is an unfinished run; `latest` never
+points at one.
 
-`files` lists every path the run wrote; the next run into the folder deletes only files an
-earlier manifest (or an unfinished run's ledger) lists and it did not rewrite, never
-anything else in the folder (a user's notes, their own indexes).
+`files` lists every path the run wrote in its snapshot; pruning an old snapshot deletes only
+those (`engine.snapshots`), never anything else (a user's notes).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from typing import Any
 
 import thresher
 from thresher.core import counters as names
+from thresher.engine import snapshots
 from thresher.engine.build import RunResult
-from thresher.engine.outdir import forget_owned, owned_files, remove_owned
+from thresher.engine.fingerprint import fingerprint
 from thresher.engine.plan import RunPlan
+from thresher.io import row_cache
 from thresher.io.atomic import write_bytes_atomic
 from thresher.load import read_shard
+from thresher.report.html import write_report
 
 MANIFEST_FORMAT = "thresher-manifest/1"
 
@@ -53,7 +57,9 @@ def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
         "thresher_version": thresher.__version__,
         "name": recipe.name,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "snapshot": plan.snapshot,
         "recipe_sha256": recipe.hash(),
+        "fingerprint": fingerprint(plan),
         "recipe": json.loads(recipe.canonical_json()),
         "seed": recipe.seed,
         "runner": plan.runner,
@@ -73,6 +79,7 @@ def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
         "artifacts": _artifacts(run),
         "dropped": run.dropped,
         "counters": run.counters,
+        "cache": {"dir": plan.cache_dir, "by_stage": names.cache_counts(run.counters)},
         "files": _files(run),
     }
 
@@ -97,13 +104,20 @@ def _shard_schema(run: RunResult) -> dict[str, Any] | None:
 
 
 def publish(plan: RunPlan, run: RunResult) -> str:
-    """Remove what earlier runs wrote and this one did not, write the manifest (last).
-    Returns the manifest path. Safe to retry (the flow's task retries it)."""
+    """Write the snapshot's manifest (last of its files), move `latest` to it, then prune old
+    snapshots and the row cache. Returns the manifest path. Safe to retry (the flow's task
+    retries it)."""
     manifest = build_manifest(plan, run)
-    remove_owned(run.out_dir, owned_files(run.out_dir), set(manifest["files"]))
-    write_bytes_atomic(plan.manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
-    forget_owned(run.out_dir)
     shutil.rmtree(plan.work_dir, ignore_errors=True)
+    # The selection report never fails a run: it returns None only when it cannot be written.
+    html = write_report(plan.out_dir, manifest)
+    if html:
+        manifest["files"] = sorted({*manifest["files"], html})
+    write_bytes_atomic(plan.manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
+    snapshots.point_latest(plan.root_dir, plan.snapshot)
+    snapshots.prune(plan.root_dir, keep=plan.recipe.output.keep_snapshots, current=plan.snapshot)
+    if plan.cache_dir:
+        row_cache.prune(plan.cache_dir, plan.recipe.cache.max_bytes)
     return plan.manifest_path
 
 

@@ -33,14 +33,6 @@ from thresher.core.counters import count_by_source
 from thresher.io.atomic import write_atomic, write_bytes_atomic
 
 ORDER = "__order"
-CLAIMS = "claims"
-
-
-def claim(work_dir: str, kind: str, part: int, paths: list[str]) -> None:
-    """Record the paths (relative to OUT) a writer is about to create."""
-    write_bytes_atomic(os.path.join(work_dir, CLAIMS, f"{kind}-part-{part:05d}.json"), json.dumps(paths).encode())
-
-
 def order_keys(ids: list[str], seed: int) -> np.ndarray:
     """Seeded 64-bit hash of each id: the shuffle order."""
     return np.fromiter((xxhash.xxh3_64_intdigest(i.encode("utf-8", "surrogatepass"), seed) for i in ids),
@@ -208,7 +200,6 @@ class _WritePartition(beam.DoFn):
         infos: list[dict[str, Any]] = []
         offsets = range(0, n, per_shard)
         names = [f"part-{part:05d}-{j:05d}.arrow" for j in range(len(offsets))]
-        claim(self.work_dir, self.kind, part, [f"{self.kind}/{name}" for name in names])
         for name, off in zip(names, offsets, strict=True):
             piece = table.slice(off, per_shard)
             path = os.path.join(self.out_dir, self.kind, name)
@@ -275,7 +266,6 @@ class _WriteQuarantine(beam.DoFn):
         table = table.take(pc.sort_indices(table, sort_keys=[(rows.SOURCE_FILE, "ascending"),
                                                              (rows.SOURCE_ROW, "ascending")]))
         name = "quarantine/part-00000-00000.arrow"
-        claim(self.work_dir, "quarantine", 0, [name])
         digest = write_ipc(os.path.join(self.out_dir, name), table, "none", 4096)
         info = {"path": name, "rows": table.num_rows,
                 "bytes": os.path.getsize(os.path.join(self.out_dir, name)), "sha256": digest}

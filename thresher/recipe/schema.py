@@ -176,6 +176,11 @@ class Output(_Model):
     write_dropped: bool = Field(
         False, description="Also write rows dropped by selectors under `dropped/`."
     )
+    keep_snapshots: int = Field(
+        3, ge=1, le=1000,
+        description="Completed snapshots kept under `snapshots/`; older ones are removed only "
+        "after `latest` has moved to the new one.",
+    )
 
     @field_validator("partitions")
     @classmethod
@@ -190,6 +195,21 @@ class Output(_Model):
         if self.order == "sorted" and not self.sort_by:
             raise ValueError("order: sorted needs `sort_by`")
         return self
+
+
+class Cache(_Model):
+    """Per-row results reused across runs (embeddings, rollouts), keyed by content."""
+
+    enabled: bool = Field(True, description="Reuse per-row results from earlier runs.")
+    dir: str | None = Field(
+        None, description="Cache folder (relative to the recipe file). Default: `cache/` inside "
+        "the output folder, beside the snapshots.",
+    )
+    max_bytes: int = Field(
+        10 * 1024**3, gt=0,
+        description="After each run, least-recently-used entries are removed until the cache "
+        "is at most this size (`thresher cache prune` does the same on demand).",
+    )
 
 
 class Runner(_Model):
@@ -215,6 +235,7 @@ class Recipe(_Model):
     sources: list[Source] = Field(..., min_length=1)
     stages: list[StageSpec] = Field(default_factory=list)
     output: Output = Field(default_factory=Output)
+    cache: Cache = Field(default_factory=Cache)
     runner: Runner = Field(default_factory=Runner)
     batch_rows: int = Field(
         4096, gt=0, description="Rows per Arrow record batch travelling through the pipeline."

@@ -94,9 +94,10 @@ def _read(directory: str) -> pa.Table:
 
 def run_stage(stage: Any, data: Any, params: dict[str, Any] | None = None, *, name: str | None = None,
               seed: int = 0, batch_rows: int = 4096, out_dir: str | None = None,
-              recipe: Any = None) -> StageRun:
+              recipe: Any = None, cache_dir: str | None = None) -> StageRun:
     """Run `stage` (a class, a registered type name, `module:Class`, or a built stage) on
-    `data` (dict rows, record batches) with a real Beam pipeline (in-process runner)."""
+    `data` (dict rows, record batches) with a real Beam pipeline (in-process runner).
+    `cache_dir`: the row cache's folder (default: none, so nothing is reused between calls)."""
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -114,7 +115,8 @@ def run_stage(stage: Any, data: Any, params: dict[str, Any] | None = None, *, na
             recipe = Recipe.model_validate({"sources": [{"name": "test", "paths": ["<memory>"]}],
                                             "seed": seed, "base_dir": out})
         ctx = StageContext(name=name or cls.type_name or cls.__name__, seed=seed, out_dir=out,
-                           work_dir=os.path.join(out, _WORK), recipe=recipe, write_dropped=True)
+                           work_dir=os.path.join(out, _WORK), recipe=recipe, write_dropped=True,
+                           cache_dir=cache_dir)
         obj = cls(params or {}, ctx)
     problems = obj.check()
     if problems:
