@@ -179,7 +179,8 @@ class _Summarise:
     def __call__(self, batch: pa.RecordBatch) -> dict:
         keep = batch.column(KEEP).to_numpy(zero_copy_only=False)
         out = self.stage.summarise(batch, keep) or {}
-        skip = set(self.stage.internal_columns)
+        # Dropped-only columns (dup_of, dup_cluster: ids and row keys) are not scores.
+        skip = set(self.stage.internal_columns) | set(self.stage.dropped_only_columns)
         names = [n for n in _scored_names(batch, batch.schema.field(KEEP))
                  if n in batch.schema.names and n not in skip and not rows.is_internal(n)
                  and score_sample.is_score_type(batch.schema.field(n).type)]
