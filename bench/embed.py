@@ -1,18 +1,22 @@
-"""Bench: the `embed` stage's sentences/s against plain `SentenceTransformer.encode`, same texts.
+"""Bench: the `embed` stage's sentences/s per backend against plain fp32 `SentenceTransformer.encode`
+of the same texts, and each fast backend's agreement with fp32 torch.
 
-    .venv/bin/python bench/embed.py [--texts 1000] [--rounds 2] [--device cpu] [--batch-size 64]
+    .venv/bin/python bench/embed.py [--texts 1000] [--others 10000] [--rounds 2]
+        [--backends torch,onnx,openvino] [--device cpu] [--batch-size 64]
 
 Takes `--texts` documents spread over ../shared/data/general_pool (every k-th line, all
-sources; median ~50 words), then, in this one process with the same loaded model:
+sources; median ~50 words), then, in this one process:
 
-* plain    — `model.encode(texts, batch_size, normalize_embeddings=True)`;
-* thresher — the whole Beam pipeline (`run_pipeline`: read JSONL -> `embed` -> write
-  Arrow shards) on FnApiRunner, timed end to end, so Beam's and the shard writer's overhead
-  count against it.
+* plain    — `model.encode(texts, batch_size, normalize_embeddings=True)`, fp32 torch: the baseline;
+* stage:B  — for each backend B, the whole Beam pipeline (`run_pipeline`: read JSONL -> `embed`
+  with `backend: B` -> write Arrow shards) on FnApiRunner, timed end to end, so Beam's and the
+  shard writer's overhead count against it. onnx/openvino run int8 (their default).
 
-Both are warmed up first (model loaded, Beam imported). Rounds run in ABBA order so drift on a
-shared machine hits both sides alike; sentences/s is total texts / total seconds per side.
-Prints both, the ratio (target >= 0.9), and the stage's own time inside the model.
+Everything is warmed up first (models loaded and exported, Beam imported). Rounds rotate the
+order of the sides so drift on a shared machine hits them alike; sentences/s is total texts /
+total seconds per side. Then agreement: each fast backend's vectors of the `--texts` rows
+against fp32 torch's (mean and min cosine; target mean >= 0.99), and whether each row's nearest
+neighbour among `--others` further pool rows is the same under both (target >= 98 %).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,37 +53,52 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
             fh.write(json.dumps({"id": r["id"], "text": r["text"]}) + "\n")
 
 
-def run_stage(path: Path, out: Path, device: str, batch_size: int) -> tuple[float, dict]:
+def run_stage(path: Path, out: Path, device: str, batch_size: int, backend: str = "torch") -> tuple[float, dict]:
     from thresher.engine.build import run_pipeline
     from thresher.engine.plan import make_plan
     from thresher.recipe.load import validate_recipe
 
     recipe = validate_recipe({
         "sources": [{"name": "bench", "paths": [str(path)], "id_field": "id"}],
-        "stages": [{"type": "embed", "params": {"device": device, "batch_size": batch_size}}],
+        "stages": [{"type": "embed", "params": {"device": device, "batch_size": batch_size,
+                                                "backend": backend}}],
         "output": {"dir": str(out)},
+        "cache": {"enabled": False},  # every round computes: this measures the encoder, not the cache
     }, base_dir=str(path.parent))
     t0 = time.perf_counter()
     res = run_pipeline(make_plan(recipe))
     return time.perf_counter() - t0, res.counters
 
 
+def agreement(fast, base, fast_others, base_others) -> tuple[float, float, float]:
+    """(mean cosine, min cosine, same-nearest-neighbour fraction) of fast vs fp32 vectors."""
+    cos = (fast * base).sum(1)
+    nn_fast = np.argmax(fast @ fast_others.T, axis=1)
+    nn_base = np.argmax(base @ base_others.T, axis=1)
+    return float(cos.mean()), float(cos.min()), float((nn_fast == nn_base).mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=1000)
+    ap.add_argument("--others", type=int, default=10000, help="pool rows the nearest neighbour is sought among")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--backends", default="torch,onnx,openvino")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
 
     from thresher.models.embeddings import encode_texts, load_model
 
-    records = pick_texts(args.texts)
+    backends = [b for b in args.backends.split(",") if b]
+    records = pick_texts(args.texts + args.others)
+    others = [r["text"] for r in records[args.texts:]]
+    records = records[:args.texts]
     texts = [r["text"] for r in records]
     words = sorted(len(t.split()) for t in texts)
     print(f"{len(texts)} texts from general_pool, median {words[len(words) // 2]} words; "
           f"device {args.device}, batch_size {args.batch_size}, torch threads "
-          f"{__import__('torch').get_num_threads()}")
+          f"{__import__('torch').get_num_threads()}, backends {backends}")
     tmp = Path(tempfile.mkdtemp(prefix="thresher-bench-embed-"))
     data = tmp / "texts.jsonl"
     write_jsonl(data, records)
@@ -85,36 +106,53 @@ def main() -> None:
     write_jsonl(warm, records[:16])
 
     model = load_model(None, args.device)
+    encoders = {b: load_model(None, args.device, backend=b) for b in backends}  # exports on first use
     encode_texts(model, texts[:16], args.batch_size)  # warm-up: first forward pass
-    run_stage(warm, tmp / "out-warm", args.device, args.batch_size)  # warm-up: Beam imports
+    for b in backends:
+        run_stage(warm, tmp / f"out-warm-{b}", args.device, args.batch_size, b)  # warm-up: Beam, sessions
 
-    plain_s, stage_s, encode_ms = 0.0, 0.0, 0
-    per_round: list[dict[str, float]] = []
+    sides = ["plain"] + [f"stage:{b}" for b in backends]
+    total = dict.fromkeys(sides, 0.0)
+    encode_ms = dict.fromkeys(backends, 0)
     for r in range(args.rounds):
-        per_round.append({})
-        for side in (("plain", "stage") if r % 2 == 0 else ("stage", "plain")):
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        for side in order:
             if side == "plain":
                 t0 = time.perf_counter()
                 model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True,
                              convert_to_numpy=True, show_progress_bar=False)
                 dt = time.perf_counter() - t0
-                plain_s += dt
             else:
-                dt, counters = run_stage(data, tmp / f"out-{r}", args.device, args.batch_size)
+                b = side.split(":")[1]
+                dt, counters = run_stage(data, tmp / f"out-{r}-{b}", args.device, args.batch_size, b)
                 assert counters["embed/embedded/bench"] == len(texts), counters
-                stage_s += dt
-                encode_ms += counters["embed/encode_ms"]
-            per_round[-1][side] = dt
-            print(f"  round {r} {side:6s} {dt:7.1f} s  {len(texts) / dt:7.1f} sentences/s", flush=True)
+                encode_ms[b] += counters["embed/encode_ms"]
+            total[side] += dt
+            print(f"  round {r} {side:15s} {dt:7.1f} s  {len(texts) / dt:7.1f} sentences/s", flush=True)
 
     n = len(texts) * args.rounds
-    plain, stage = n / plain_s, n / stage_s
-    print(f"plain SentenceTransformer.encode : {plain:8.1f} sentences/s")
-    print(f"thresher embed stage (pipeline)  : {stage:8.1f} sentences/s "
-          f"(of which inside the model: {encode_ms / 1000:.1f} s of {stage_s:.1f} s)")
-    print(f"ratio stage/plain                : {stage / plain:8.2f}x  (target >= 0.90)")
-    # A load spike on a shared machine skews one round; each round's own ratio shows it.
-    print("per-round ratios                 : " + ", ".join(f"{t['plain'] / t['stage']:.2f}x" for t in per_round))
+    plain = n / total["plain"]
+    print(f"plain fp32 SentenceTransformer.encode   : {plain:8.1f} sentences/s")
+    for b in backends:
+        rate = n / total[f"stage:{b}"]
+        print(f"embed stage, backend {b:9s} (pipeline): {rate:8.1f} sentences/s, {rate / plain:5.2f}x plain "
+              f"(inside the model {encode_ms[b] / 1000:.1f} s of {total[f'stage:{b}']:.1f} s; "
+              f"target for the quantized backend >= 2.00x)")
+
+    fast = [b for b in backends if b != "torch"]
+    if fast:
+        t0 = time.perf_counter()
+        base = encode_texts(model, texts, args.batch_size)
+        base_others = encode_texts(model, others, args.batch_size)
+        print(f"agreement with fp32 torch over {len(texts)} rows, nearest neighbour among {len(others)} "
+              f"others (fp32 embedding took {time.perf_counter() - t0:.0f} s):")
+        for b in fast:
+            enc = encoders[b]
+            ident = getattr(enc, "thresher_identity", {})
+            v, vo = encode_texts(enc, texts), encode_texts(enc, others)
+            mean, low, same_nn = agreement(v, base, vo, base_others)
+            print(f"  {b:9s} {ident.get('precision', '?'):5s}: mean cosine {mean:.4f} (min {low:.4f}), "
+                  f"same nearest neighbour {same_nn * 100:.1f} %  (targets >= 0.99, >= 98 %)")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ Needs a CUDA GPU seen by torch, and faiss with GPU support (`pip install threshe
 which installs faiss-gpu in place of faiss-cpu). Exits 2 with a message saying what is
 missing when there is no CUDA device; fails (exit 1) when something ran on the CPU.
 
-1. plain `SentenceTransformer.encode` (fp16 on CUDA, the model `embed` loads) over the texts;
+1. plain `SentenceTransformer.encode` over the texts, fp32 on CUDA (the baseline) and fp16 (the
+   model `embed` loads: `precision: auto` on CUDA), their sentences/s and the fp16 vectors'
+   agreement with fp32 (mean cosine, target >= 0.99);
 2. the Beam pipeline: read JSONL -> `embed` (device cuda, index built) -> Arrow shards;
    asserts every row was embedded on CUDA (the stage's `embed/device/cuda` counter) and the
    index was built on the GPU (its report says `gpu: true`);
 3. faiss alone: build the same index kind on the GPU and time 1,000 k=10 queries.
-Prints sentences/s for 1 and 2 and their ratio, and the faiss timings.
+Prints sentences/s for 1 and 2 and their ratios, and the faiss timings. Not yet run on a GPU
+(written on a machine without one): the first GPU session should run it as is.
 """
 
 from __future__ import annotations
@@ -60,14 +63,25 @@ def main() -> int:
     data = tmp / "texts.jsonl"
     write_jsonl(data, records)
 
-    model = load_model(None, "cuda")
-    assert model.device.type == "cuda", model.device
-    encode_texts(model, texts[:256], args.batch_size)  # warm-up (CUDA context, kernels)
+    model = load_model(None, "cuda")  # precision auto: fp16
+    fp32 = load_model(None, "cuda", precision="fp32")
+    assert model.device.type == "cuda" and fp32.device.type == "cuda", (model.device, fp32.device)
+    if next(model.parameters()).dtype != torch.float16:
+        failures.append(f"embed's CUDA model is {next(model.parameters()).dtype}, not float16")
+    for m in (model, fp32):
+        encode_texts(m, texts[:256], args.batch_size)  # warm-up (CUDA context, kernels)
     torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    base = encode_texts(fp32, texts, args.batch_size)
+    torch.cuda.synchronize()
+    fp32_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     vectors = encode_texts(model, texts, args.batch_size)
     torch.cuda.synchronize()
     plain_s = time.perf_counter() - t0
+    cos = (vectors * base).sum(1)
+    if cos.mean() < 0.99:
+        failures.append(f"fp16 vectors agree with fp32 at mean cosine {cos.mean():.4f} < 0.99")
 
     from thresher.engine.build import run_pipeline
     from thresher.engine.plan import make_plan
@@ -100,7 +114,9 @@ def main() -> int:
         failures.append("flat index: a vector's nearest neighbour is not itself")
 
     plain, stage = len(texts) / plain_s, len(texts) / stage_s
-    print(f"plain SentenceTransformer.encode (cuda fp16): {plain:9.1f} sentences/s")
+    print(f"plain SentenceTransformer.encode (cuda fp32): {len(texts) / fp32_s:9.1f} sentences/s")
+    print(f"plain SentenceTransformer.encode (cuda fp16): {plain:9.1f} sentences/s "
+          f"({fp32_s / plain_s:.2f}x fp32; cosine to fp32 mean {cos.mean():.4f}, min {cos.min():.4f})")
     print(f"thresher embed stage, pipeline end to end   : {stage:9.1f} sentences/s "
           f"(inside the model {res.counters.get('embed/encode_ms', 0) / 1000:.1f} s of {stage_s:.1f} s)")
     print(f"ratio stage/plain                           : {stage / plain:9.2f}x")

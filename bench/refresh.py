@@ -4,7 +4,8 @@
 
 One command, each step a real `thresher run` subprocess (process start-up counts):
 
-1. full      — a recipe (exact_dedup -> embed -> ngram_features) over `--rows` pool rows, into a
+1. full      — a recipe (exact_dedup -> embed (backend onnx, whose vectors the row cache reuses)
+               -> ngram_features) over `--rows` pool rows, into a
                fresh output folder with a cold row cache;
 2. unchanged — the same command again: must answer "up to date" without a new snapshot;
 3. refresh   — `--append` (5 %) new rows appended to the input file, then the same command:
@@ -67,7 +68,7 @@ def recipe(path: Path, data: str, out: str, cache: bool = True) -> Path:
     path.write_text(json.dumps({
         "name": "bench-refresh",
         "sources": [{"name": "pool", "paths": [data]}],
-        "stages": [{"type": "exact_dedup"}, {"type": "embed", "params": {"device": "cpu"}},
+        "stages": [{"type": "exact_dedup"}, {"type": "embed", "params": {"device": "cpu", "backend": "onnx"}},
                    {"type": "ngram_features"}],
         "output": {"dir": out},
         "cache": {"enabled": cache},
@@ -157,8 +158,8 @@ def main() -> None:
         timed([*THRESHER, "run", str(recipe(work / "scratch.yaml", str(data), str(scratch), cache=False))], env)
         same = shard_hashes(out) == shard_hashes(scratch)
 
-        print(f"rows: {args.rows} + {n_new} appended ({args.append:.0%}); recipe: exact_dedup -> embed (cpu) -> "
-              "ngram_features")
+        print(f"rows: {args.rows} + {n_new} appended ({args.append:.0%}); recipe: exact_dedup -> "
+              "embed (onnx int8, cpu) -> ngram_features")
         print(f"full run            {t_full:7.2f} s   1.00x")
         print(f"unchanged rerun     {t_same:7.2f} s   {t_same / t_full:.2f}x   (goal <= 0.10x)  'up to date'")
         print(f"refresh (+{args.append:.0%} rows)  {t_refresh:7.2f} s   {t_refresh / t_full:.2f}x   (goal <= 0.30x)  "

@@ -146,3 +146,62 @@ def test_device_choice_on_a_machine_without_cuda(monkeypatch, tmp_path):
     recipe["stages"][0]["params"]["device"] = "auto"
     res = run_recipe(recipe, tmp_path)
     assert res.counters["embed/device/cpu"] == 2 and "embed/device/cuda" not in res.counters
+
+
+# -- the row cache: embeddings reused across runs -------------------------------------------
+
+class RowModel(FakeModel):
+    """A batch-invariant stand-in (like the onnx backend): the row cache applies to it."""
+
+    thresher_identity = {"model": "fake", "backend": "onnx", "precision": "int8", "batching": "row"}
+
+    def __init__(self):
+        self.encoded: list[str] = []
+
+    def encode(self, texts, *args, **kwargs):
+        self.encoded += list(texts)
+        return super().encode(texts, *args, **kwargs)
+
+
+@pytest.fixture
+def row_model(monkeypatch):
+    model = RowModel()
+    monkeypatch.setattr(embed, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(embed, "resolve_device", lambda device="auto": "cpu")
+    monkeypatch.setattr(embed, "choose_backend", lambda *a, **k: ("onnx", "int8", "cpu"))
+    return model
+
+
+def test_refresh_with_the_cache_equals_a_from_scratch_run(row_model, tmp_path):
+    old = [{"id": f"o{i}", "text": f"old row {i} " + "w " * (i % 5)} for i in range(9)]
+    new = [{"id": f"n{i}", "text": f"new row {i} " + "w " * (i % 3)} for i in range(4)]
+    params, cache = {"dtype": "float16"}, str(tmp_path / "cache")  # cached: fp32 bytes; cast after
+    first = run_stage(embed.Embed, old, params, batch_rows=4, cache_dir=cache)
+    assert first.counters["embed/cache/misses"] == 9 and first.counters.get("embed/cache/hits", 0) == 0
+    row_model.encoded.clear()
+    refresh = run_stage(embed.Embed, old + new, params, batch_rows=5, cache_dir=cache)
+    assert refresh.counters["embed/cache/hits"] == 9 and refresh.counters["embed/cache/misses"] == 4
+    assert sorted(row_model.encoded) == sorted(r["text"] for r in new)  # only new rows embedded
+    scratch = run_stage(embed.Embed, old + new, params, batch_rows=3)  # no cache at all
+    assert not any("/cache/" in k for k in scratch.counters)
+    assert refresh.kept.column("embedding").equals(scratch.kept.column("embedding"))  # byte for byte
+    assert refresh.kept.column("id").to_pylist() == [r["id"] for r in old + new]
+
+
+def test_a_batching_encoder_does_not_use_the_cache(fake_model, tmp_path):
+    """torch pads each mini-batch, so its vectors move (~1e-7) with the batch's make-up: a
+    partly warm cache would change bytes, so the stage leaves the cache alone for it."""
+    res = run_stage(embed.Embed, [{"text": "a b"}, {"text": "c"}], {}, cache_dir=str(tmp_path / "c"))
+    assert not any("/cache/" in k for k in res.counters) and not (tmp_path / "c").exists()
+
+
+def test_backend_conflicts_are_recipe_errors(tmp_path, monkeypatch):
+    from thresher.models import embedding_backends
+
+    monkeypatch.setattr(embeddings, "resolve_device", lambda device="auto": "cpu")
+    assert "precision fp16 is for CUDA" in " ".join(embed.Embed({"backend": "onnx", "precision": "fp16"}).check())
+    assert "torch on CPU is fp32" in " ".join(embed.Embed({"backend": "torch", "precision": "int8"}).check())
+    monkeypatch.setattr(embedding_backends, "backend_problem", lambda b="onnx": f"{b} missing: pip install x")
+    assert embed.Embed({"backend": "openvino"}).check() == ["params.backend: openvino missing: pip install x"]
+    assert embed.Embed({"backend": "auto"}).check() == []  # auto falls back to torch
+    assert embeddings.choose_backend("auto", "cpu") == ("torch", "fp32", "cpu")

