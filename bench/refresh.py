@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 POOL = Path(os.environ.get("THRESHER_SHARED_DATA", ROOT.parent / "shared" / "data")) / "general_pool" / "pool.jsonl.gz"
 THRESHER = [sys.executable, "-m", "thresher.cli"]
+sys.path.insert(0, str(ROOT))
+from thresher.testing.ports import free_port  # noqa: E402
 
 
 def pool_rows(n: int) -> list[dict]:
@@ -93,12 +94,6 @@ def latest_manifest(out: Path) -> dict:
 def shard_hashes(out: Path) -> list[str]:
     m = latest_manifest(out)
     return [hashlib.sha256((out / "latest" / s["path"]).read_bytes()).hexdigest() for s in m["shards"]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:

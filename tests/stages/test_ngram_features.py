@@ -89,7 +89,8 @@ def test_stage_writes_sparse_columns(tmp_path, shared_data):
                       "stages": [{"type": "ngram_features", "params": {"num_buckets": 4096}}],
                       "output": {"dir": str(tmp_path / "out"), "order": "sorted", "sort_by": "source_row"},
                       "batch_rows": 64}, tmp_path)
-    table = pa.concat_tables(pa.ipc.open_stream(str(tmp_path / "out" / "latest" / s["path"])).read_all() for s in res.shards)
+    snap = tmp_path / "out" / "latest"
+    table = pa.concat_tables(pa.ipc.open_stream(str(snap / s["path"])).read_all() for s in res.shards)
     assert table.num_rows == 300
     assert table.schema.field("ngram_buckets").type == pa.list_(pa.int32())
     got = table.column("text").to_pylist()

@@ -38,6 +38,8 @@ from typing import Any
 
 import xxhash
 
+from thresher.io import sqlite_store
+
 FILE_NAME = "rows.sqlite"
 _CHUNK = 900  # below SQLite's default limit of 999 host parameters per statement
 
@@ -91,16 +93,7 @@ class RowCache:
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None)
-            for attempt in range(20):
-                try:  # another process may be switching the journal mode at the same moment
-                    c.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError:
-                    time.sleep(0.05 * (attempt + 1))
-            c.execute("PRAGMA synchronous=NORMAL")  # durable against process kills, not power loss
-            c.execute(f"PRAGMA busy_timeout={int(self._timeout_s * 1000)}")
-            self._local.conn = c
+            c = self._local.conn = sqlite_store.connect(self.path, self._timeout_s)
         return c
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -133,14 +126,8 @@ class RowCache:
         rows = [(self.namespace, k, v, now) for k, v in items]
         if not rows:
             return
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite_store.transaction(self._conn()) as c:
             c.executemany("INSERT OR REPLACE INTO entries (ns, key, value, used) VALUES (?, ?, ?, ?)", rows)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         c = getattr(self._local, "conn", None)
@@ -185,9 +172,8 @@ def prune(cache_dir: str, max_bytes: int) -> dict[str, int]:
                     break
                 doomed.append((ns, key))
                 removed_bytes += size
-            c.execute("BEGIN IMMEDIATE")
-            c.executemany("DELETE FROM entries WHERE ns = ? AND key = ?", doomed)
-            c.execute("COMMIT")
+            with sqlite_store.transaction(c):
+                c.executemany("DELETE FROM entries WHERE ns = ? AND key = ?", doomed)
             removed = len(doomed)
             c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             c.execute("VACUUM")

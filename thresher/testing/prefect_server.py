@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from thresher.testing.llama_server import free_port
+from thresher.testing.ports import free_port
 
 QUIET_SERVER = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}

@@ -28,6 +28,7 @@ import sys
 import time
 
 from thresher.models.policy import Request
+from thresher.testing.ports import free_port
 from thresher.testing.scripted import bernoulli_script
 
 
@@ -73,12 +74,6 @@ def make_app(delay: float):
         await send({"type": "http.response.body", "body": data})
 
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StubServer:
