@@ -28,19 +28,26 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 CHILD_GRACE_S = 1.5  # how long children get to stop on SIGTERM before SIGKILL
 
 
-def end_children(grace_s: float = CHILD_GRACE_S) -> None:
-    """Terminate this process's descendants, then kill the ones still running (best effort)."""
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    for c in children:
-        with contextlib.suppress(psutil.Error):
-            c.terminate()
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for c in alive:
-        with contextlib.suppress(psutil.Error):
-            c.kill()
+def end_children(grace_s: float = CHILD_GRACE_S, rounds: int = 3) -> None:
+    """Terminate this process's descendants, then kill the ones still running (best effort).
+
+    Several rounds: Beam's runner threads keep going while this runs and may start a worker
+    after the first listing; missed, that worker would outlive the run and print a traceback
+    into the caller's terminal when its connection times out."""
+    for _ in range(rounds):
+        try:
+            children = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return
+        if not children:
+            return
+        for c in children:
+            with contextlib.suppress(psutil.Error):
+                c.terminate()
+        _, alive = psutil.wait_procs(children, timeout=grace_s)
+        for c in alive:
+            with contextlib.suppress(psutil.Error):
+                c.kill()
 
 
 @contextlib.contextmanager
