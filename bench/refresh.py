@@ -13,7 +13,7 @@ One command, each step a real `thresher run` subprocess (process start-up counts
 4. check     — a from-scratch run (cache off) over the appended input into another folder: its
                shards must equal the refresh's byte for byte (sha256).
 
-Then the start-up time of a 2-row recipe (median of 3): `thresher run` with no Prefect API
+Then the start-up time of a 2-row recipe (exact_dedup only; median of 3): `thresher run` with no Prefect API
 configured (the default path: no server is started), and, unless `--no-prefect-server`, with
 PREFECT_API_URL pointing at a real `prefect server` this bench starts on loopback (and stops by
 PID). Prints wall seconds and ratios to the full run (goals: unchanged <= 0.1x, refresh <= 0.3x;
@@ -118,7 +118,9 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
 def startup(work: Path, env: dict, n: int = 3) -> float:
     data = work / "two.jsonl"
     write_rows(data, [{"id": "a", "text": "hello world"}, {"id": "b", "text": "a second row"}])
-    r = recipe(work / "two.yaml", str(data), str(work / "two-out"))
+    r = work / "two.yaml"  # a one-off run: ingest, exact dedup, shards (no model to load)
+    r.write_text(json.dumps({"sources": [{"name": "two", "paths": [str(data)]}], "stages": [{"type": "exact_dedup"}],
+                             "output": {"dir": str(work / "two-out")}}))
     times = [timed([*THRESHER, "run", str(r), "--force"], env)[0] for _ in range(n)]
     return statistics.median(times)
 

@@ -73,7 +73,9 @@ def resolve_model_path(model: str | None) -> str:
 
 def resolve_device(device: str = "auto") -> str:
     """`auto` -> `cuda` when torch sees a GPU, else `cpu`; `cuda` without one is an error."""
-    import torch  # heavy (~1 s): only when a device is actually chosen
+    if device == "cpu":
+        return device  # no torch import (~2 s) for a recipe that names the CPU
+    import torch  # heavy: only when a device is actually chosen
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
