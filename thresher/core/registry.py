@@ -31,6 +31,7 @@ BUILTIN: dict[str, str] = {
     # features
     "ngram_features": "thresher.stages.features.ngram_features:NgramFeatures",
     "embed": "thresher.stages.features.embed:Embed",
+    "tokenize": "thresher.stages.features.tokenize:Tokenize",
     # dedup
     "exact_dedup": "thresher.stages.dedup.exact_dedup:ExactDedup",
     "semantic_dedup": "thresher.stages.dedup.semantic_dedup:SemanticDedup",

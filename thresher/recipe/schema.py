@@ -144,6 +144,17 @@ class StageSpec(_Model):
         return v
 
 
+class Pack(_Model):
+    """Packed output: token sequences of exactly `seq_len` (needs a `tokenize` stage)."""
+
+    seq_len: int = Field(2048, gt=0, description="Tokens per packed sequence.")
+    method: Literal["greedy", "best_fit"] = Field(
+        "greedy",
+        description="`greedy`: documents in shard order, split across sequence boundaries; "
+        "`best_fit`: whole documents placed into the fullest sequence they fit (longer ones split).",
+    )
+
+
 class Output(_Model):
     """Where and how the training-ready shards are written."""
 
@@ -175,6 +186,30 @@ class Output(_Model):
     )
     write_dropped: bool = Field(
         False, description="Also write rows dropped by selectors under `dropped/`."
+    )
+    format: Literal["arrow", "parquet"] = Field(
+        "arrow", description="Shard file format: Arrow IPC (memory-mappable) or Parquet.",
+    )
+    parquet_row_group_rows: int = Field(
+        8192, gt=0, description="Parquet: rows per row group (the unit a streaming reader fetches).",
+    )
+    num_shards: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Exactly this many shards whose row counts (or packed-sequence counts) differ "
+        "by at most one; overrides `shard_max_rows`/`shard_max_bytes`.",
+    )
+    columns: list[str] | None = Field(
+        None, description="Write only these columns (in this order); default: all public columns.",
+    )
+    drop_columns: list[str] = Field(
+        default_factory=list, description="Columns not written (e.g. n-gram features left from selection).",
+    )
+    absolute_paths: bool = Field(
+        False, description="Write `source_file` as an absolute path; default: relative to the recipe's folder, "
+        "so the same inputs in two folders give the same bytes.",
+    )
+    pack: Pack | None = Field(
+        None, description="Write packed token sequences instead of rows (see `Pack`).",
     )
     keep_snapshots: int = Field(
         3, ge=1, le=1000,
@@ -237,6 +272,12 @@ class Recipe(_Model):
     output: Output = Field(default_factory=Output)
     cache: Cache = Field(default_factory=Cache)
     runner: Runner = Field(default_factory=Runner)
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer for `n_tokens`, token budgets and packing: a local folder or file "
+        "(tokenizer.json / a .gguf), or a name in the local Hugging Face cache (loaded offline). "
+        "Without one, counts are words (`n_words`).",
+    )
     batch_rows: int = Field(
         4096, gt=0, description="Rows per Arrow record batch travelling through the pipeline."
     )
