@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from thresher.cli.app import WAIT_HELP, app, console, parse_sets, reported, say, setup_logging
 from thresher.cli.summary import print_summary
+from thresher.io import fs
 
 DEMO_OUT = "thresher-demo-out"
 _PREFECT_HELP = ("Run as the Prefect `curate` flow (default: when PREFECT_API_URL is set); --no-prefect runs "
@@ -57,7 +58,8 @@ def show_outcome(outcome) -> None:
         return
     with reported():
         print_summary(outcome.snapshot_dir)
-    console.print(f"snapshot [bold]{outcome.snapshot}[/] is now {escape(os.path.join(outcome.out_dir, 'latest'))}")
+    latest = fs.join(outcome.out_dir, "LATEST" if fs.is_remote(outcome.out_dir) else "latest")  # no symlink on a store
+    console.print(f"snapshot [bold]{outcome.snapshot}[/] is now {escape(latest)}")
 
 
 @app.command()

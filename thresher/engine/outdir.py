@@ -12,6 +12,14 @@ package: the kernel drops the lock when its holder dies (even by SIGKILL), it co
 between two opens in one process too (so in-process runs are serialised as well), and the
 file is never truncated by a waiter, so the holder's pid and start time written into it stay
 readable for the error message.
+
+On object storage a local lock guards nothing (two machines share the bucket), so the lock is
+an object, `OUT/.thresher.lock`, created with a conditional put (`If-None-Match: *`: exactly
+one of two runs creating it wins) and deleted when the run ends. Its limit: a run killed
+without unwinding (SIGKILL, a lost machine) leaves the object behind, and the next run then
+fails with the holder's host, pid and start time in the message; delete the object once sure
+that run is dead. (A store without conditional writes, e.g. some S3-compatible servers, falls
+back to exists-then-put, where two runs starting in the same instant could both proceed.)
 """
 
 from __future__ import annotations
@@ -22,11 +30,14 @@ import glob
 import json
 import logging
 import os
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from typing import Any
 
+from thresher.io import fs
 from thresher.recipe.schema import Recipe
 
 LOCK_FILE = ".thresher.lock"
@@ -91,22 +102,26 @@ def input_patterns(recipe: Recipe) -> list[tuple[str, str]]:
 
 def overlap_problems(recipe: Recipe, out: str, input_files: list[str] = ()) -> list[str]:
     """Problems (recipe lines) when the output folder `out` overlaps an input."""
-    out = os.path.realpath(out)
+    remote = fs.is_remote(out)
+    real_path = (lambda p: p.rstrip("/")) if remote else os.path.realpath
+    out = real_path(out)
     problems = []
     for pattern, owner in input_patterns(recipe):
-        real = os.path.realpath(pattern) if not glob.has_magic(pattern) else pattern
+        if fs.is_remote(pattern) != remote:
+            continue  # a URL and a local path never overlap
+        real = real_path(pattern) if not glob.has_magic(pattern) else pattern
         if not glob.has_magic(real):
             hit = _inside(real, out) or _inside(out, real)
         else:
             root, rest = _glob_root(real)
-            root = os.path.realpath(root)
+            root = real_path(root)
             below = os.path.relpath(out, root).split(os.sep)
             hit = _inside(root, out) or (_inside(out, root) and _reaches(rest, below))
         if hit:
             problems.append(f"output.dir: {out} overlaps input {pattern} of {owner}; "
                             "choose an output folder outside the inputs")
     # Files the globs matched right now (a symlinked folder the pattern check cannot see).
-    inside = [f for f in input_files if _inside(os.path.realpath(f), out)]
+    inside = [f for f in input_files if fs.is_remote(f) == remote and _inside(real_path(f), out)]
     if inside and not problems:
         problems.append(f"output.dir: {out} overlaps input {inside[0]}; choose an output folder outside the inputs")
     return problems
@@ -114,11 +129,10 @@ def overlap_problems(recipe: Recipe, out: str, input_files: list[str] = ()) -> l
 
 def foreign_manifest_problem(manifest_path: str, fmt_prefix: str = "thresher-manifest/") -> str | None:
     """A `manifest.json` in the output folder that thresher did not write is never deleted."""
-    if not os.path.exists(manifest_path):
-        return None
     try:
-        with open(manifest_path) as fh:
-            ours = str(json.load(fh).get("format", "")).startswith(fmt_prefix)
+        if not fs.exists(manifest_path):
+            return None
+        ours = str(json.loads(fs.read_bytes(manifest_path)).get("format", "")).startswith(fmt_prefix)
     except (OSError, ValueError, AttributeError):
         ours = False
     if ours:
@@ -142,6 +156,10 @@ def _holder(fd: int) -> str:
 @contextmanager
 def output_lock(out_dir: str, wait: bool = False) -> Iterator[None]:
     """Hold the output folder for one run; raise `OutputBusyError` (or wait) if another has it."""
+    if fs.is_remote(out_dir):
+        with _object_lock(out_dir, wait):
+            yield
+        return
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -162,3 +180,30 @@ def output_lock(out_dir: str, wait: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing drops the lock; the file stays (deleting it would race a waiter)
+
+
+@contextmanager
+def _object_lock(out_dir: str, wait: bool, poll_s: float = 2.0) -> Iterator[None]:
+    """The lock object on object storage (see the module docstring for its limit)."""
+    path = fs.join(out_dir, LOCK_FILE)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    said = False
+    while not fs.create_exclusive(path, json.dumps(me).encode()):
+        try:
+            info = json.loads(fs.read_bytes(path))
+            holder = f"host {info['host']}, pid {info['pid']}, started {info['started']}"
+        except (OSError, ValueError, KeyError):
+            holder = "holder unknown"
+        if not wait:
+            raise OutputBusyError(
+                f"output.dir: {out_dir} is in use by another thresher run ({holder}); wait for it to finish (or "
+                f"run with --wait); if that run is dead, delete {path}")
+        if not said:
+            log.info("waiting for the thresher run writing %s (%s)", out_dir, holder)
+            said = True
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        fs.remove(path)

@@ -19,6 +19,14 @@ removed by the next run (which holds the output lock, so the folder's writer is 
 
 Snapshot ids are UTC timestamps (`YYYYmmddTHHMMSSZ`, `-2`, `-3`... if one second saw two
 runs), so sorting ids sorts snapshots by age.
+
+On object storage (`s3://`, `gs://`: no rename, no symlink) the same order is kept object by
+object: the marker object first (`begin`, a conditional put, so two runs never share an id),
+the data objects at their final names, `manifest.json`, then the `LATEST` pointer object, one
+PUT and the commit point. There is no `latest` symlink; readers follow `LATEST`, and a snapshot
+without a manifest is unfinished (ignored by readers, removed by the next run). Old snapshots
+are deleted object by object from their manifests' `files`, so nothing else under the prefix
+is touched.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from thresher.io import fs
 from thresher.io.atomic import write_bytes_atomic
 
 SNAPSHOTS = "snapshots"
@@ -46,21 +55,25 @@ log = logging.getLogger("thresher.snapshots")
 def new_snapshot_id(root: str, now: dt.datetime | None = None) -> str:
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     sid, n = stamp, 1
-    while os.path.exists(os.path.join(root, SNAPSHOTS, sid)):
+    while fs.exists(fs.join(root, SNAPSHOTS, sid)):
         n += 1
         sid = f"{stamp}-{n}"
     return sid
 
 
 def snapshot_path(root: str, sid: str) -> str:
-    return os.path.join(root, SNAPSHOTS, sid)
+    return fs.join(root, SNAPSHOTS, sid)
 
 
 def latest_id(root: str) -> str | None:
     """The snapshot `latest` names: the symlink's target, else the pointer file's line."""
-    link = os.path.join(root, LATEST_LINK)
     target = None
-    if os.path.islink(link):
+    if fs.is_remote(root):
+        try:
+            target = fs.read_text(fs.join(root, LATEST_FILE)).partition("\n")[0].strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+    elif os.path.islink(link := os.path.join(root, LATEST_LINK)):
         target = os.readlink(link)
     elif os.path.isfile(os.path.join(root, LATEST_FILE)):
         with open(os.path.join(root, LATEST_FILE)) as fh:
@@ -82,7 +95,7 @@ def resolve(path: str) -> str:
     """The folder to read for `path`: an output folder's latest snapshot, or `path` itself (a
     snapshot, or an output written before snapshots existed)."""
     latest = latest_path(path)
-    if latest and os.path.isfile(os.path.join(latest, MANIFEST)):
+    if latest and fs.isfile(fs.join(latest, MANIFEST)):
         return latest
     return path
 
@@ -92,21 +105,29 @@ def begin(root: str, sid: str) -> str:
 
     The folder is made under a temporary name and renamed once the marker is in it, so a kill
     at any moment leaves either a marked snapshot or a `.<id>.tmp-<pid>` folder (removed by
-    `prune`), never an unmarked folder that looks like a user's."""
+    `prune`), never an unmarked folder that looks like a user's. On object storage the marker
+    object alone makes the snapshot (a conditional put: it fails if another run took `sid`)."""
     path = snapshot_path(root, sid)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    marker = json.dumps({"id": sid, "pid": os.getpid(), "started": started}).encode()
+    if fs.is_remote(root):
+        if not fs.create_exclusive(fs.join(path, MARKER), marker):
+            raise FileExistsError(f"{path}: snapshot already exists")
+        return path
     tmp = os.path.join(root, SNAPSHOTS, f".{sid}{_TMP_SUFFIX}{os.getpid()}")
     os.makedirs(tmp)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    write_bytes_atomic(os.path.join(tmp, MARKER), json.dumps({"id": sid, "pid": os.getpid(),
-                                                              "started": started}).encode())
+    write_bytes_atomic(os.path.join(tmp, MARKER), marker)
     os.rename(tmp, path)  # fails if `path` exists: never two runs in one snapshot
     return path
 
 
 def point_latest(root: str, sid: str) -> None:
-    """Move `latest` to `sid`: the pointer file, then the symlink, each replaced by a rename."""
+    """Move `latest` to `sid`: the pointer file, then the symlink, each replaced by a rename
+    (object storage: the pointer object alone, one PUT)."""
     target = os.path.join(SNAPSHOTS, sid)
-    write_bytes_atomic(os.path.join(root, LATEST_FILE), (target + "\n").encode())
+    write_bytes_atomic(fs.join(root, LATEST_FILE), (target + "\n").encode())
+    if fs.is_remote(root):
+        return
     link = os.path.join(root, LATEST_LINK)
     if os.path.exists(link) and not os.path.islink(link):
         log.warning("%s is not a symlink thresher made; left as it is (readers use %s)", link, LATEST_FILE)
@@ -136,8 +157,7 @@ class Snapshot:
 
 def _manifest(path: str) -> dict[str, Any] | None:
     try:
-        with open(os.path.join(path, MANIFEST)) as fh:
-            m = json.load(fh)
+        m = json.loads(fs.read_bytes(fs.join(path, MANIFEST)))
         return m if isinstance(m, dict) else None
     except (OSError, ValueError):
         return None
@@ -145,16 +165,17 @@ def _manifest(path: str) -> dict[str, Any] | None:
 
 def list_snapshots(root: str) -> list[Snapshot]:
     """Thresher's snapshots under `root`, oldest first."""
-    base = os.path.join(root, SNAPSHOTS)
-    if not os.path.isdir(base):
+    base = fs.join(root, SNAPSHOTS)
+    names = fs.listdir(base)
+    if not names:
         return []
     cur = latest_id(root)
     out = []
-    for sid in sorted(os.listdir(base)):
+    for sid in names:
         if sid.startswith("."):
             continue  # a snapshot folder being created (`begin`)
-        path = os.path.join(base, sid)
-        if not os.path.isfile(os.path.join(path, MARKER)):
+        path = fs.join(base, sid)
+        if not fs.isfile(fs.join(path, MARKER)):
             continue  # not ours
         m = _manifest(path)
         out.append(Snapshot(sid, path, m is not None, sid == cur, m))
@@ -165,6 +186,8 @@ def _remove_complete(snap: Snapshot) -> bool:
     """Delete what the snapshot's manifest lists (and thresher's own files), then the folders
     left empty. Anything else found inside stays, with the folder, and is named in the log."""
     files = set((snap.manifest or {}).get("files", [])) | {MANIFEST, MARKER, "report.html"}
+    if fs.is_remote(snap.path):
+        return _remove_complete_remote(snap, files)
     root = os.path.realpath(snap.path)
     for rel in sorted(files):
         p = os.path.realpath(os.path.join(root, rel))
@@ -182,6 +205,20 @@ def _remove_complete(snap: Snapshot) -> bool:
     return True
 
 
+def _remove_complete_remote(snap: Snapshot, files: set[str]) -> bool:
+    """Object by object: the listed data first, the manifest and the marker last (as locally)."""
+    last = [MANIFEST, MARKER]
+    for rel in [*sorted(files - set(last)), *last]:
+        if ".." not in rel.split("/"):
+            fs.remove(fs.join(snap.path, rel))
+    left = fs.walk_files(snap.path)
+    if left:
+        log.warning("snapshot %s: kept %d object(s) thresher did not write: %s", snap.id, len(left),
+                    ", ".join(left[:5]))
+        return False
+    return True
+
+
 def prune(root: str, keep: int | None, current: str | None = None) -> list[str]:
     """Remove unfinished snapshots (other than `current`, being written) and all but the newest
     `keep` complete ones (`None`: keep every complete one); never the one `latest` names. The
@@ -189,7 +226,7 @@ def prune(root: str, keep: int | None, current: str | None = None) -> list[str]:
     removed."""
     removed = []
     base = os.path.join(root, SNAPSHOTS)
-    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+    for name in sorted(os.listdir(base)) if not fs.is_remote(root) and os.path.isdir(base) else []:
         tmp = os.path.join(base, name)
         # A snapshot folder a killed run was still creating: at most its marker inside.
         if name.startswith(".") and _TMP_SUFFIX in name and all(MARKER in f for f in os.listdir(tmp)):
@@ -206,6 +243,6 @@ def prune(root: str, keep: int | None, current: str | None = None) -> list[str]:
         else:
             # An unfinished run's folder: everything in it is that run's (work files, shards
             # not yet listed anywhere), and no reader was ever pointed at it.
-            shutil.rmtree(s.path, ignore_errors=True)
+            fs.remove(s.path, recursive=True)
             removed.append(s.id)
     return removed

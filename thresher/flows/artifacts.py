@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thresher.io import fs
+
 log = logging.getLogger("thresher.flows")
 
 REPORT_HTML = "report.html"
@@ -161,13 +163,13 @@ def summary_markdown(status: str, manifest: dict[str, Any], snapshot_dir: str) -
 
 
 def file_uri(path: str) -> str:
-    return Path(os.path.realpath(path)).as_uri()
+    return path if fs.is_remote(path) else Path(os.path.realpath(path)).as_uri()
 
 
 def build_artifacts(status: str, manifest: dict[str, Any], snapshot_dir: str) -> list[Artifact]:
     """The artifacts of one run. `snapshot_dir` is the snapshot's own folder (not `latest`,
     which moves on), so an old run's links keep pointing at what that run wrote."""
-    snapshot_dir = os.path.realpath(snapshot_dir)
+    snapshot_dir = snapshot_dir if fs.is_remote(snapshot_dir) else os.path.realpath(snapshot_dir)
     recipe = manifest.get("name") or "thresher"
     sid = manifest.get("snapshot") or os.path.basename(snapshot_dir)
     out = [Artifact("markdown", artifact_key(recipe, "summary"), f"{recipe}: run summary",
@@ -179,11 +181,11 @@ def build_artifacts(status: str, manifest: dict[str, Any], snapshot_dir: str) ->
         for name, stage in manifest.get("stages", {}).items():
             out.append(Artifact("markdown", keys[name], f"{recipe} snapshot {sid}: stage {name}",
                                 markdown=stage_markdown(name, stage, sid)))
-    manifest_path = os.path.join(snapshot_dir, "manifest.json")
+    manifest_path = fs.join(snapshot_dir, "manifest.json")
     out.append(Artifact("link", artifact_key(recipe, "manifest"), f"{recipe}: manifest of snapshot {sid}",
                         link=file_uri(manifest_path), link_text=f"{sid}/manifest.json"))
-    html = os.path.join(snapshot_dir, REPORT_HTML)
-    if os.path.isfile(html):
+    html = fs.join(snapshot_dir, REPORT_HTML)
+    if fs.isfile(html):
         out.append(Artifact("link", artifact_key(recipe, "report"), f"{recipe}: report of snapshot {sid}",
                             link=file_uri(html), link_text=f"{sid}/{REPORT_HTML}"))
     return out

@@ -136,5 +136,6 @@ def curate(recipe_path: str, out: str | None = None, runner: str | None = None,
 def _load(path: str) -> dict[str, Any]:
     import json
 
-    with open(path) as fh:
-        return json.load(fh)
+    from thresher.io import fs
+
+    return json.loads(fs.read_bytes(path))

@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from thresher.core.errors import UserError
+from thresher.io import fs
 
 
 def check_timezone(name: str | None) -> str | None:
@@ -69,7 +70,7 @@ def make_schedule(cron: str | None = None, interval: float | None = None, timezo
 def deployment_parameters(recipe_path: str, out: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {"recipe_path": os.path.abspath(recipe_path)}
     if out:
-        params["out"] = os.path.abspath(out)
+        params["out"] = fs.abspath(out)  # a URL stays a URL
     return params
 
 

@@ -26,8 +26,9 @@ class RunOutcome:
 
     @classmethod
     def from_manifest(cls, status: str, out_dir: str, manifest_path: str) -> RunOutcome:
-        with open(manifest_path) as fh:
-            m = json.load(fh)
+        from thresher.io import fs
+
+        m = json.loads(fs.read_bytes(manifest_path))
         return cls(status=status, out_dir=out_dir, snapshot=m.get("snapshot") or os.path.basename(
             os.path.dirname(manifest_path)), manifest=manifest_path, counts=m["counts"]["total"],
             seconds=m.get("seconds", 0.0))

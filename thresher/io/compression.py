@@ -1,4 +1,5 @@
-"""Open an input file as bytes, decompressing by extension (.gz, .zst), hashing what is read.
+"""Open an input file (local or a URL, through `io.fs`) as bytes, decompressing by extension
+(.gz, .zst), hashing what is read.
 
 Every byte taken from the file goes through `_Measured`, which counts and hashes it (one pass:
 the bytes that were parsed are the bytes that were hashed). A stream that ends early or does
@@ -13,6 +14,7 @@ import gzip
 import io
 import zlib
 
+from thresher.io import fs
 from thresher.io.tasks import ReadTally, SourceReadError
 
 _PIECE = 128 << 10  # compressed bytes fed to the zstd decoder at a time
@@ -26,7 +28,7 @@ class _Measured(io.RawIOBase):
     """The raw file, counted and hashed into a tally as it is read."""
 
     def __init__(self, path: str, tally: ReadTally):
-        self._fh = open(path, "rb")
+        self._fh = fs.open(path, "rb")
         self.tally = tally
 
     def readable(self) -> bool:

@@ -11,6 +11,9 @@ Cost: one read of the input. JSONL is parsed a block at a time by pyarrow's JSON
      pyarrow.compute over a batch (`io.records`). One read task per file (per row group for
      Parquet), so a runner parallelises across files.
 
+Any path may be a URL (`s3://`, `gs://`, `hf://`): globs, reads and hashes go through `io.fs`,
+and quarantine records name the URL and line.
+
 Problems that make a source unusable (missing file, unknown format, a text field a columnar
 file does not have, a `text_template` field the first records lack) are raised by `plan_reads`
 before the pipeline starts.
@@ -28,7 +31,6 @@ before the break are kept, `unreadable_files/<source>` counts it and one quarant
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -36,6 +38,7 @@ import pyarrow as pa
 
 from thresher.core.counters import QUARANTINED, READ, UNREADABLE, count_by_source, counter
 from thresher.core.errors import RecipeError
+from thresher.io import fs
 from thresher.io.readers import reader_for
 from thresher.io.records import quarantine_batch
 from thresher.io.tasks import Batches, InputError, ReadTally, ReadTask, SourceReadError
@@ -88,7 +91,7 @@ def plan_reads(recipe: Recipe, sources: list[Source] | None = None, file_offset:
                 continue
             size, sha = reader.fingerprint(path, with_hashes)
             # Only a plain file can be compared with what its reader reads.
-            expect = (size, sha) if os.path.isfile(path) else None
+            expect = (size, sha) if fmt != "hf_hub" and fs.isfile(path) else None
             for part in parts:
                 tasks.append(ReadTask(source, path, fmt, file_index, part, expect))
             inputs.append(InputFile(source.name, path, fmt, size, sha))
@@ -118,9 +121,8 @@ def _check_unchanged(task: ReadTask, tally: ReadTally) -> None:
             raise SourceReadError(
                 f"{task.path}: changed during the run: planned {size} bytes (sha256 {sha or 'not taken'}), "
                 f"read {tally.nbytes} bytes (sha256 {got_sha})")
-    elif os.path.getsize(task.path) != size:
-        raise SourceReadError(f"{task.path}: changed during the run: planned {size} bytes, "
-                              f"now {os.path.getsize(task.path)}")
+    elif (now := fs.size(task.path)) != size:
+        raise SourceReadError(f"{task.path}: changed during the run: planned {size} bytes, now {now}")
 
 
 def failed_reads(out_dir: str, quarantine_files: list[dict]) -> dict[str, list[str]]:
@@ -130,7 +132,7 @@ def failed_reads(out_dir: str, quarantine_files: list[dict]) -> dict[str, list[s
 
     out: dict[str, list[str]] = {}
     for info in quarantine_files:
-        for r in read_shard(os.path.join(out_dir, info["path"])).to_pylist():
+        for r in read_shard(fs.join(out_dir, info["path"])).to_pylist():
             if r["source_row"] == -1:
                 out.setdefault(r["source"], []).append(r["reason"])
     return out

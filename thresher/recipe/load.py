@@ -5,6 +5,9 @@ YAML aliases are expanded with a cap: a few lines of nested aliases (a "billion 
 bomb) otherwise pass validation as shared objects and then fill the memory when the recipe
 is serialised. A recipe whose values, aliases expanded, number more than `MAX_YAML_NODES`
 nodes is refused.
+
+The recipe file may be a URL (`s3://bucket/recipes/x.yaml`, read through `io.fs`); its
+relative paths then name objects beside it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pydantic import ValidationError
 
 from thresher.core.errors import RecipeError, validation_problems
 from thresher.core.registry import validate_params
+from thresher.io import fs
 from thresher.recipe.schema import Recipe
 
 MAX_YAML_NODES = 1_000_000  # every scalar, list and mapping, aliases expanded; real recipes use < 10,000
@@ -69,7 +73,7 @@ def validate_recipe(data: dict[str, Any], base_dir: str = ".", origin: str = "re
     if not isinstance(data, dict):
         raise RecipeError(["<root>: a recipe is a mapping of keys (sources, stages, output ...)"], origin)
     data = dict(data)
-    data["base_dir"] = os.path.abspath(base_dir)
+    data["base_dir"] = fs.abspath(base_dir)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -84,13 +88,15 @@ def validate_recipe(data: dict[str, Any], base_dir: str = ".", origin: str = "re
 
 def load_recipe(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Recipe:
     """Read, merge `overrides` (dotted keys) and validate a recipe YAML file."""
+    if fs.is_remote(str(path)):
+        return _load_remote(str(path), overrides)
     path = Path(path)
     if not path.exists():
         raise RecipeError([f"file not found: {path}"], str(path))
     if path.is_dir():
         raise RecipeError([f"{path} is a folder; give the recipe's YAML file"], str(path))
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+        data = _parse(path.read_text(encoding="utf-8"))
     except _TooBig as exc:
         raise RecipeError([f"refused: {exc}"], str(path)) from None
     except yaml.YAMLError as exc:
@@ -102,11 +108,29 @@ def load_recipe(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         raise RecipeError([f"cannot read it: {exc.strerror or exc}"], str(path)) from None
     except RecursionError:
         raise RecipeError(["refused: its values nest too deeply"], str(path)) from None
+    return _finish(data, overrides, str(path.parent), str(path))
+
+
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+
+
+def _load_remote(url: str, overrides: dict[str, Any] | None) -> Recipe:
+    try:
+        data = _parse(fs.read_text(url))
+    except FileNotFoundError:
+        raise RecipeError([f"file not found: {url}"], url) from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError, RecursionError) as exc:
+        raise RecipeError([f"cannot read it: {' '.join(str(exc).split())}"], url) from None
+    return _finish(data, overrides, url.rsplit("/", 1)[0], url)
+
+
+def _finish(data: Any, overrides: dict[str, Any] | None, base_dir: str, origin: str) -> Recipe:
     overrides = (overrides or {}) if isinstance(data, dict) else {}  # a non-mapping: validate_recipe says so
     problems = [p for key, value in overrides.items() if (p := _set_dotted(data, key, value))]
     if problems:
-        raise RecipeError(problems, str(path))
-    return validate_recipe(data, base_dir=str(path.parent), origin=str(path))
+        raise RecipeError(problems, origin)
+    return validate_recipe(data, base_dir=base_dir, origin=origin)
 
 
 def _set_dotted(data: Any, key: str, value: Any) -> str | None:

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from thresher.io import fs
 from thresher.io.atomic import write_bytes_atomic
 
 FORMAT = "thresher-score-sample/1"
@@ -191,8 +192,7 @@ def write_sample(sample: ScoreSample | None, path: str, stage: str, thresholds: 
 
 def read_sample(snapshot_dir: str, stage: str) -> dict[str, Any] | None:
     """A snapshot's sample file for `stage`, or None when the stage wrote none."""
-    path = sample_path(os.path.join(snapshot_dir, "reports"), stage)
-    if not os.path.isfile(path):
+    path = sample_path(fs.join(snapshot_dir, "reports"), stage)
+    if not fs.isfile(path):
         return None
-    with open(path) as fh:
-        return json.load(fh)
+    return json.loads(fs.read_bytes(path))

@@ -6,11 +6,11 @@ spans from the audit."""
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 
+from thresher.io import fs
 from thresher.load import read_shard
 from thresher.report import svg
 from thresher.report.markup import esc, figure, note, table
@@ -131,9 +131,9 @@ def kl(manifest: dict[str, Any], snapshot_dir: str) -> str:
 def audit_spans(snapshot_dir: str, report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Per benchmark, its highest-scoring audit entries (the matched spans)."""
     path = next((a for a in report.get("artifacts") or [] if str(a).endswith("-audit.arrow")), None)
-    if path is None or not os.path.isfile(os.path.join(snapshot_dir, path)):
+    if path is None or not fs.isfile(fs.join(snapshot_dir, path)):
         return {}
-    t = read_shard(os.path.join(snapshot_dir, path))
+    t = read_shard(fs.join(snapshot_dir, path))
     cols = [c for c in ("row_id", "source", "benchmark", "item_id", "method", "score", "span") if c in t.column_names]
     out: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(t.select(cols).to_pylist(), key=lambda r: (-(r.get("score") or 0), str(r.get("row_id")))):

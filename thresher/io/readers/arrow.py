@@ -1,4 +1,5 @@
-"""Arrow IPC, file or stream format (`.arrow`, `.feather`, `.ipc`), memory-mapped.
+"""Arrow IPC, file or stream format (`.arrow`, `.feather`, `.ipc`), memory-mapped (a URL:
+read into memory through `io.fs`).
 
 Rows are numbered from 0. A stream-format file that does not end with the end-of-stream
 marker is a truncated read (a failed source), after its rows.
@@ -6,10 +7,9 @@ marker is a truncated read (a failed source), after its rows.
 
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 
+from thresher.io import fs
 from thresher.io.readers.base import ColumnarReader
 from thresher.io.records import table_to_batches
 from thresher.io.tasks import Batches, ReadTally, ReadTask, SourceReadError
@@ -20,10 +20,13 @@ _EOS = b"\xff\xff\xff\xff\0\0\0\0"  # continuation marker + zero length
 
 def _open_ipc(path: str) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader:
     """An IPC reader for either format: the extension does not say which one a file uses."""
+    def source():
+        return pa.BufferReader(fs.read_bytes(path)) if fs.is_remote(path) else pa.memory_map(path)
+
     try:
-        return pa.ipc.open_file(pa.memory_map(path))
+        return pa.ipc.open_file(source())
     except pa.ArrowInvalid:
-        return pa.ipc.open_stream(pa.memory_map(path))
+        return pa.ipc.open_stream(source())
 
 
 class ArrowReader(ColumnarReader):
@@ -43,7 +46,7 @@ class ArrowReader(ColumnarReader):
 
 def ends_with_eos(path: str) -> bool:
     """Whether the file ends with the IPC end-of-stream marker (as pyarrow writes it)."""
-    with open(path, "rb") as fh:
-        fh.seek(max(0, os.path.getsize(path) - 8))
+    with fs.open(path, "rb") as fh:
+        fh.seek(max(0, fs.size(path) - 8))
         tail = fh.read()
     return tail == _EOS

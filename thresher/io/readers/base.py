@@ -21,13 +21,13 @@ A reader is a stateless object, one per format (`readers.READERS`):
 
 from __future__ import annotations
 
-import os
 import re
 import string
 from abc import ABC, abstractmethod
 
 import pyarrow as pa
 
+from thresher.io import fs
 from thresher.io.atomic import sha256_file
 from thresher.io.tasks import Batches, InputError, ReadTally, ReadTask
 from thresher.recipe.schema import Source
@@ -43,7 +43,7 @@ class Reader(ABC):
     def read(self, task: ReadTask, batch_rows: int, tally: ReadTally) -> Batches: ...
 
     def fingerprint(self, path: str, with_hashes: bool) -> tuple[int, str]:
-        return os.path.getsize(path), sha256_file(path) if with_hashes else ""
+        return fs.size(path), sha256_file(path) if with_hashes else ""
 
     @abstractmethod
     def peek_fields(self, source: Source, path: str) -> set[str] | None: ...

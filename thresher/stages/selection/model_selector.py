@@ -23,6 +23,7 @@ from pydantic import Field
 
 from thresher.core import Selector, StageParams
 from thresher.core.context import StageContext
+from thresher.io import fs
 from thresher.models.policy import BUDGET, Generation, PolicyParams, SamplingParams
 from thresher.models.policy_backends import check_policy
 from thresher.models.rewards import check_reward
@@ -168,6 +169,8 @@ class ModelSelector(Selector):
         # Beside the snapshots, not in one: every snapshot's run reads the same store. The
         # stage is built before its run's snapshot exists, so `out_dir` is the output folder
         # here; rollouts are kept even with the row cache off (`cache.enabled: false`).
+        if not self.ctx.cache_dir and fs.is_remote(self.ctx.out_dir):  # SQLite needs a local disk
+            return os.path.join(fs.local_cache_dir(self.ctx.out_dir), "rollouts.sqlite")
         return os.path.join(self.ctx.cache_dir or os.path.join(self.ctx.out_dir, "cache"), "rollouts.sqlite")
 
     def check(self) -> list[str]:
