@@ -10,7 +10,7 @@ Documents: ../shared/data/general_pool (73,038 paragraphs, median ~52 words) rep
   sha256 mod 10,000 into a dense count vector), one document at a time;
 * thresher — the stage's `columns()` hook (what each Beam worker runs per record batch):
   `add_feature_columns` over Arrow batches of `--batch-rows`, producing the
-  `ngram_buckets`/`ngram_counts`/`n_tokens` columns.
+  `ngram_buckets`/`ngram_counts`/`n_words` columns (no tokenizer: word counts).
 
 Sides run in ABBA order over halves of the corpus so machine-load drift hits both; prints
 docs/s of each and the ratio (aim >= 10x).

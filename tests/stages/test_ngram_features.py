@@ -98,7 +98,8 @@ def test_stage_writes_sparse_columns(tmp_path, shared_data):
     for i in (0, 17, 299):
         assert table.column("ngram_buckets")[i].as_py() == X[i].indices.tolist()
         assert table.column("ngram_counts")[i].as_py() == X[i].data.tolist()
-    assert table.column("n_tokens").to_pylist() == token_counts(got).tolist()
+    assert "n_tokens" not in table.schema.names  # no tokenizer: the count is words, named so
+    assert table.column("n_words").to_pylist() == token_counts(got).tolist()
 
 
 def test_params_are_checked():
@@ -112,13 +113,13 @@ def test_columns_hook_adds_the_three_columns_with_their_settings():
     texts = ["How many apples? 3 apples.", "", "Ada sold 48 clips in April."]
     st = nf.NgramFeatures({"ngrams": 3, "num_buckets": 50})
     out = st.columns(make_batch([{"text": t} for t in texts]))
-    assert out.schema.names[-3:] == ["ngram_buckets", "ngram_counts", "n_tokens"]
+    assert out.schema.names[-3:] == ["ngram_buckets", "ngram_counts", "n_words"]
     assert nf.columns_match(out.schema, 3, 50) and not nf.columns_match(out.schema, 2, 50)
     X = featurize(texts, 3, 50)
     for i in range(3):
         assert out.column("ngram_buckets")[i].as_py() == X[i].indices.tolist()
         assert out.column("ngram_counts")[i].as_py() == X[i].data.tolist()
-    assert out.column("n_tokens").to_pylist() == [7, 0, 7]
+    assert out.column("n_words").to_pylist() == [7, 0, 7]
     # run again over its own output: the columns are replaced, not duplicated
     again = nf.NgramFeatures({"ngrams": 2, "num_buckets": 50}).columns(out)
     assert again.schema.names == out.schema.names and nf.columns_match(again.schema, 2, 50)
@@ -129,5 +130,5 @@ def test_run_stage_adds_columns_and_drops_nothing():
     res = run_stage(nf.NgramFeatures, [{"text": t} for t in texts], {"num_buckets": 64}, batch_rows=3)
     assert res.kept.column("text").to_pylist() == texts and res.dropped.num_rows == 0
     assert res.counters == {} and res.report is None
-    assert res.kept.column("n_tokens").to_pylist() == token_counts(texts).tolist()
+    assert res.kept.column("n_words").to_pylist() == token_counts(texts).tolist()
     assert res.kept.column("ngram_buckets").to_pylist() == [featurize([t], 2, 64)[0].indices.tolist() for t in texts]

@@ -6,7 +6,12 @@ It covers everything the output depends on:
 * every input file's size and sha256 (from the plan), and every file a stage reads (DSIR
   targets, decontamination benchmarks: any `paths` list in stage params), hashed here;
 * each stage's type and version, thresher's version, and the versions of the libraries whose
-  code computes values (Beam, pyarrow, NumPy, the model stack, math-verify).
+  code computes values (Beam, pyarrow, NumPy, the model stack, math-verify);
+* the recipe's `tokenizer:` files' sha256 (`n_tokens` and every token budget count with it),
+  so a tokenizer changed in place under the same path or name is a new fingerprint.
+
+An object on storage (`s3://`...) is hashed by reading it once: stores give MD5 or multipart
+ETags, never a sha256, so the digest is the same whether an input is local or remote.
 
 `thresher run` compares it with the latest snapshot's and, when equal, reports "up to date"
 without running (unless `--force`).
@@ -14,17 +19,17 @@ without running (unless `--force`).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 from importlib import metadata
 from typing import Any
 
 import thresher
 from thresher.engine import snapshots
 from thresher.engine.outdir import input_patterns
+from thresher.io import fs
 from thresher.io.atomic import sha256_file
+from thresher.models.tokenizer import recipe_tokenizer
 
 # Packages whose version can change a computed value (an embedding, a hash, a reward).
 _VALUE_PACKAGES = ("apache-beam", "pyarrow", "numpy", "xxhash", "torch", "transformers", "sentence-transformers",
@@ -49,14 +54,12 @@ def stage_files(recipe: Any) -> dict[str, str]:
     for pattern, owner in input_patterns(recipe):
         if not owner.startswith("stage "):
             continue
-        for p in sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]:
-            if os.path.isfile(p):
+        for p in fs.glob(pattern) if fs.has_magic(pattern) else [pattern]:
+            if fs.isfile(p):
                 out[p] = sha256_file(p)
-            elif os.path.isdir(p):
-                for d, _, files in sorted(os.walk(p)):
-                    for f in sorted(files):
-                        q = os.path.join(d, f)
-                        out[q] = sha256_file(q)
+            elif fs.isdir(p):
+                for q in fs.walk_files(p):
+                    out[q] = sha256_file(q)
     return out
 
 
@@ -87,9 +90,15 @@ def _compute(plan: Any) -> dict[str, Any]:
         "thresher": thresher.__version__,
         "packages": _versions(),
     }
+    tok = recipe_tokenizer(plan.recipe)
+    if tok is not None:  # only then, so a recipe without one keeps its fingerprint
+        parts["tokenizer"] = tok.describe()
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return {"sha256": hashlib.sha256(blob.encode()).hexdigest(), "stage_files": parts["stage_files"],
-            "packages": parts["packages"]}
+    out = {"sha256": hashlib.sha256(blob.encode()).hexdigest(), "stage_files": parts["stage_files"],
+           "packages": parts["packages"]}
+    if "tokenizer" in parts:
+        out["tokenizer"] = parts["tokenizer"]
+    return out
 
 
 def up_to_date(plan: Any) -> str | None:
@@ -98,8 +107,7 @@ def up_to_date(plan: Any) -> str | None:
     if not latest:
         return None
     try:
-        with open(os.path.join(latest, snapshots.MANIFEST)) as fh:
-            old = json.load(fh).get("fingerprint") or {}
+        old = json.loads(fs.read_bytes(fs.join(latest, snapshots.MANIFEST))).get("fingerprint") or {}
     except (OSError, ValueError, AttributeError):
         return None
     return snapshots.latest_id(plan.root_dir) if old.get("sha256") == fingerprint(plan)["sha256"] else None

@@ -14,11 +14,12 @@ import pyarrow.compute as pc
 
 from thresher.load import read_shard
 from thresher.report import svg
+from thresher.report import tokens as token_info
 from thresher.report.markup import Raw, esc, figure, link, note, table
 
 # Reading shards for token totals touches one column per row: bounded so the report stays fast
 # on a big snapshot (the limit is in rows; counting words of `text` instead of summing
-# `n_tokens` reads the text itself, so it gets a byte limit).
+# `n_tokens` / `n_words` reads the text itself, so it gets a byte limit).
 MAX_TOKEN_ROWS = 5_000_000
 MAX_WORD_COUNT_BYTES = 64 << 20
 SAMPLE_QUARANTINE = 8
@@ -94,24 +95,39 @@ class _Skip(Exception):
 
 
 def token_totals(manifest: dict[str, Any], snapshot_dir: str) -> tuple[str, dict[str, int], dict[str, int]]:
-    """(what was counted, rows per source, count per source) over the written shards."""
+    """(what was counted, rows per source, count per source) over the written shards: the
+    manifest's `tokens` totals (`report.tokens`, with the tokenizer that counted them) when it
+    has them, else counted here from the shards (bounded)."""
     shards = manifest.get("shards") or []
-    fields = {f["name"] for f in ((manifest.get("schema") or {}).get("fields") or [])}
     if not shards:
         return "tokens", {}, {}
+    info = manifest.get("tokens") if isinstance(manifest.get("tokens"), dict) else {}
+    counted = info.get("counted_by")
+    if isinstance(info.get("by_source"), dict) and info["by_source"]:
+        unit = "tokens" if isinstance(counted, dict) else "words"
+        what = f"{unit} (`{info.get('column')}`: {token_info.unit_label(counted)})"
+        by = info["by_source"]
+        return what, {s: int(v["rows"]) for s, v in by.items()}, {s: int(v["tokens"]) for s, v in by.items()}
+    fields = {f["name"] for f in ((manifest.get("schema") or {}).get("fields") or [])}
+    if "source" not in fields:
+        # Packed shards (or `output.columns` without `source`): rows no longer carry their
+        # source, but a `tokenize` stage counted tokens per source on the way.
+        return _tokenize_counters(manifest)
     if int(manifest.get("num_rows") or 0) > MAX_TOKEN_ROWS:
-        raise _Skip(f"more than {MAX_TOKEN_ROWS:,} rows: not counted here (sum `n_tokens` with thresher.load)")
-    if "n_tokens" in fields:
-        what, column = "tokens (n_tokens)", "n_tokens"
+        raise _Skip(f"more than {MAX_TOKEN_ROWS:,} rows: not counted here (sum `n_tokens` or `n_words` with "
+                    "thresher.load)")
+    if info.get("column") is None and "n_tokens" in fields and not counted:
+        # A manifest from before `tokens` was recorded: its `n_tokens` were words.
+        what, column = "words (n_tokens of a run before tokenizers: word/punctuation tokens)", "n_tokens"
     elif int(manifest.get("num_bytes") or 0) <= MAX_WORD_COUNT_BYTES:
-        what, column = "words (no n_tokens column: whitespace-separated words of text)", "text"
+        what, column = "words (no count column in the shards: whitespace-separated words of text)", "text"
     else:
-        raise _Skip("the shards have no n_tokens column and are too big to count words in here")
+        raise _Skip("the shards have no n_tokens / n_words column and are too big to count words in here")
     rows: Counter = Counter()
     counts: Counter = Counter()
     for shard in shards:
         t = read_shard(os.path.join(snapshot_dir, shard["path"])).select(["source", column])
-        values = t.column(column) if column == "n_tokens" else pc.count_substring_regex(t.column("text"), r"\S+")
+        values = t.column(column) if column != "text" else pc.count_substring_regex(t.column("text"), r"\S+")
         grouped = pa.table({"source": t.column("source"), "v": values}).group_by("source").aggregate(
             [("v", "sum"), ([], "count_all")])
         for g in grouped.to_pylist():
@@ -120,8 +136,27 @@ def token_totals(manifest: dict[str, Any], snapshot_dir: str) -> tuple[str, dict
     return what, dict(rows), dict(counts)
 
 
+def _tokenize_counters(manifest: dict[str, Any]) -> tuple[str, dict[str, int], dict[str, int]]:
+    counters = manifest.get("counters") or {}
+    rows: Counter = Counter()
+    counts: Counter = Counter()
+    for key, value in counters.items():
+        stage, _, rest = key.partition("/")
+        kind, _, source = rest.partition("/")
+        if kind == "tokens_by_source" and source:
+            counts[source] += int(value)
+        elif kind == "tokenized" and source:
+            rows[source] += int(value)
+    if not counts:
+        raise _Skip("the shards have no `source` column and no tokenize stage counted tokens per source")
+    return "tokens (counted by the tokenize stage, before packing)", dict(rows), dict(counts)
+
+
 def tokens(manifest: dict[str, Any], snapshot_dir: str) -> str:
     parts = []
+    info = manifest.get("tokens") if isinstance(manifest.get("tokens"), dict) else {}
+    if "counted_by" in info:
+        parts.append(note(token_info.counted_by_line(info["counted_by"])))
     try:
         what, rows, counts = token_totals(manifest, snapshot_dir)
     except _Skip as why:
@@ -143,9 +178,11 @@ def tokens(manifest: dict[str, Any], snapshot_dir: str) -> str:
         rep = s.get("report") if isinstance(s.get("report"), dict) else {}
         for part in ("pool", "selected"):
             if isinstance(rep.get(part), dict) and "tokens" in rep[part]:
-                reported.append((stage, part, rep[part].get("rows"), rep[part]["tokens"]))
+                unit = token_info.short_unit(rep.get("counted_by"))
+                reported.append((stage, part, rep[part].get("rows"), rep[part]["tokens"], unit))
     if reported:
-        parts.append("<h3>Token counts in stage reports</h3>" + table(["stage", "part", "rows", "tokens"], reported))
+        parts.append("<h3>Token counts in stage reports</h3>"
+                     + table(["stage", "part", "rows", "tokens", "counted in"], reported))
     return "".join(parts)
 
 
