@@ -107,6 +107,56 @@ def test_row_noise_is_a_stable_function_of_seed_and_id():
     assert (dsir.row_hashes(["b"], 1) == h[1]).all()  # not a draw from a stream: batch-independent
     u = dsir.uniform(h, 1)
     assert ((u > 0) & (u < 1)).all() and (u != dsir.uniform(h, 2)).all()
+    # from an Arrow id column (its UTF-8 bytes, any layout) exactly as from Python strings
+    ids = ["a", "b", "c", "naïve:1", "日本:2", ""]
+    want = dsir.row_hashes(ids, 7)
+    for col in (pa.array(ids), pa.array(ids, pa.large_string()), pa.array(["x"] + ids).slice(1),
+                pa.chunked_array([pa.array(ids[:2]), pa.array(ids[2:])])):
+        assert (dsir.row_hashes(col, 7) == want).all()
+    assert want[0] == dsir.row_hashes(["a"], 7)[0] and dsir.row_hashes(pa.array([], pa.string()), 7).size == 0
+
+
+def test_lazy_merges_select_what_eager_truncation_selects():
+    rng = np.random.default_rng(1)
+    keys = np.round(rng.normal(size=3000), 1)
+    rk = rng.permutation(3000).astype(np.uint64)
+    comb = dsir.TopCandidates()
+    for weights, bound in ((np.ones(3000, np.int64), 50), (rng.integers(1, 30, 3000), 700)):
+        acc = eager = None
+        for i in range(0, 3000, 37):  # batches of 37 rows, merged one by one
+            part = (keys[i:i + 37], rk[i:i + 37], weights[i:i + 37])
+            acc = comb.add_input(acc, dsir.Candidates([bound], [bound], [dsir.bounded(*part, bound)]))
+            # the reference: truncate every batch and every merge, as before merges were lazy
+            part = dsir.truncate(*part, bound)
+            eager = part if eager is None else dsir.truncate(*map(np.concatenate, zip(eager, part, strict=True)), bound)
+        # unit weights: candidates grow to SLACK x bound between sorts; token weights: never over it
+        # (+1: the first row over the bound is kept, see the next test)
+        assert len(acc.units[0][0]) <= (dsir.SLACK * bound if (weights == 1).all() else bound + 1)
+        sel = comb.extract_output(acc)
+        want = comb.extract_output(dsir.Candidates([bound], [bound], [eager]))
+        assert (sel.row_keys == want.row_keys).all() and sel.taken == want.taken and sel.taken[0][1] <= bound
+    assert len(sel.row_keys) > 30
+
+
+def test_token_budget_selection_does_not_depend_on_batching():
+    # A = {a1: 6 tokens, a2: 6}, B = {b: 3}, ranked a1 > a2 > b, budget 10: the whole pool
+    # selects a1 only (a2 goes over, and selection stops there). Truncating A alone must keep
+    # a2 as the row that goes over, or merging B afterwards would select a1 and b.
+    keys, rk, w = np.array([3.0, 2.0, 1.0]), np.array([1, 2, 3], np.uint64), np.array([6, 6, 3])
+    comb = dsir.TopCandidates()
+    whole = comb.extract_output(dsir.Candidates([10], [10], [dsir.truncate(keys, rk, w, 10)]))
+    a = dsir.Candidates([10], [10], [dsir.truncate(keys[:2], rk[:2], w[:2], 10)])
+    b = dsir.Candidates([10], [10], [dsir.truncate(keys[2:], rk[2:], w[2:], 10)])
+    split = comb.extract_output(comb.merge_accumulators([a, b]))
+    assert whole.row_keys.tolist() == split.row_keys.tolist() == [1]
+    # and at random, batches of every size select what one batch does
+    rng = np.random.default_rng(3)
+    keys, rk, w = rng.normal(size=2000), rng.permutation(2000).astype(np.uint64), rng.integers(1, 50, 2000)
+    want = comb.extract_output(dsir.Candidates([900], [900], [dsir.truncate(keys, rk, w, 900)])).row_keys
+    for size in (1, 7, 64, 333):
+        parts = [dsir.Candidates([900], [900], [dsir.truncate(keys[i:i + size], rk[i:i + size], w[i:i + size], 900)])
+                 for i in range(0, 2000, size)]
+        assert (comb.extract_output(comb.merge_accumulators(parts)).row_keys == want).all()
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,6 +340,7 @@ def test_token_budget_and_length_normalisation(small, tmp_path):
     n_tok = token_counts(kept.column("text").to_pylist())
     rep = res.reports["importance_resample"]
     assert n_tok.sum() <= 5000 and rep["selected"]["tokens"] == n_tok.sum()
+    assert rep["counted_by"] == "words"  # no `tokenizer:`: the budget is in words
     # The budget is a prefix in weight order: the next-best row would not have fitted.
     dropped = _table(res, "dropped")
     best_left = dropped.filter(pa.compute.equal(dropped.column("drop_reason"), "not_selected"))
@@ -324,6 +375,7 @@ def test_reuses_ngram_feature_columns(small, tmp_path):
     with_cols = _table(run_recipe(recipe, tmp_path))
     plain = _table(run_recipe(_recipe(small, tmp_path / "p", {"k": 60, "top_k": True}), tmp_path))
     assert "ngram_buckets" in with_cols.schema.names and "ngram_buckets" not in plain.schema.names
+    assert "n_words" in with_cols.schema.names and "n_tokens" not in with_cols.schema.names
     assert sorted(with_cols.column("id").to_pylist()) == sorted(plain.column("id").to_pylist())
 
 

@@ -76,9 +76,12 @@ def span_hashes(cp: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndar
     if len(starts) == 0:
         return np.zeros(0, U64)
     pw, ipw = _powers(len(cp) + 1)
-    prefix = np.zeros(len(cp) + 1, U64)
+    prefix = np.empty(len(cp) + 1, U64)
+    prefix[0] = 0
     with np.errstate(over="ignore"):
-        np.cumsum(cp.astype(U64) * pw[:-1], out=prefix[1:])
+        # In place: the products and their running sum in one buffer, no temporaries.
+        np.multiply(cp, pw[:len(cp)], out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
         poly = (prefix[ends] - prefix[starts]) * ipw[starts]
         poly += (ends - starts).astype(U64) * GOLDEN
     return splitmix64(poly, out=poly)

@@ -2,30 +2,40 @@
 
 The pattern is the official DSIR package's (nltk's WordPunctTokenizer): runs of word
 characters, and runs of characters that are neither word nor space. Rather than one regex
-call per text, a batch is lowercased, joined by '\\n' (whitespace, so no token spans two
-texts) and classified with NumPy over its UTF-32 code points. The character classes come from
-Python's own `str.isalnum` / `str.isspace` (what `re`'s `\\w` / `\\s` mean for `str`), looked
-up once per distinct code point and cached, so tokens match `re` exactly (the tests check it
-on real data).
+call (and one Python string) per text, a batch is one array of UTF-32 code points — taken
+straight from an Arrow string array's UTF-8 buffer, or from one join of a list — lowercased
+and classified with NumPy lookup tables, and cut into tokens wherever the class changes or a
+text begins. The tables come from Python's own `str.lower` and `str.isalnum` / `str.isspace`
+(what `re`'s `\\w` / `\\s` mean for `str`), filled once per distinct code point, so tokens
+match `re` exactly (the tests check it on real data). `str.lower` maps every code point to
+one code point on its own except two: `İ` (to two) and `Σ` (σ or ς by its neighbours); a
+batch holding either is lowercased text by text with `str.lower` instead.
 
-Cost: ~2 µs per 100 characters on one core (general_pool); memory ~ a few bytes per
-character of the batch (its UTF-32 code points and their classes).
+Cost: ~1-2 µs per 100 characters on one core (general_pool sentences, measured on a busy
+2-core machine; an all-ASCII Arrow batch makes no Python string at all); memory ~ a few
+bytes per character of the batch (its code points and their classes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TOKEN_PATTERN = r"\w+|[^\w\s]+"
 
 # Character class per code point: 0 whitespace, 1 word (\w), 2 other; -1 not looked up yet.
 SPACE, WORD, OTHER = 0, 1, 2
 _CLASS = np.full(0x110000, -1, np.int8)
+# Lowercase of each code point: -1 not looked up yet, CONTEXT when `str.lower` does not map it
+# to one code point by itself (the batch then takes the per-text path).
+UNKNOWN, CONTEXT = -1, -2
+_LOWER = np.full(0x110000, UNKNOWN, np.int32)
+_CAPITAL_SIGMA = "\u03a3"  # str.lower gives σ or ς (final sigma) by the letters around it
 
 
 def class_of(ch: str) -> int:
@@ -34,7 +44,14 @@ def class_of(ch: str) -> int:
     return SPACE if ch.isspace() else OTHER
 
 
+def lower_of(ch: str) -> int:
+    low = ch.lower()
+    return ord(low) if len(low) == 1 and ch != _CAPITAL_SIGMA else CONTEXT
+
+
 _CLASS[:128] = [class_of(chr(c)) for c in range(128)]
+_LOWER[:128] = [lower_of(chr(c)) for c in range(128)]
+_ASCII_LOWER = _LOWER[:128].astype(np.uint32)
 
 
 def as_list(texts: Any) -> list[str]:
@@ -43,68 +60,131 @@ def as_list(texts: Any) -> list[str]:
     return list(texts)
 
 
+def _look_up(table: np.ndarray, cp: np.ndarray) -> np.ndarray:
+    # np.take with mode="clip" skips the bounds check fancy indexing makes (~1.5x faster);
+    # every code point is within the tables.
+    return np.take(table, cp, mode="clip")
+
+
 def classes(cp: np.ndarray) -> np.ndarray:
     """The class (SPACE / WORD / OTHER) of each code point."""
-    cls = _CLASS[cp]
-    unknown = cls < 0
-    if unknown.any():
-        for u in np.unique(cp[unknown]).tolist():
+    cls = _look_up(_CLASS, cp)
+    if len(cls) and cls.min() < 0:
+        for u in np.unique(cp[cls < 0]).tolist():
             _CLASS[u] = class_of(chr(u))
-        cls = _CLASS[cp]
+        cls = _look_up(_CLASS, cp)
     return cls
+
+
+def lowered(cp: np.ndarray) -> np.ndarray | None:
+    """The lowercase of each code point (uint32), or None when one of them has no
+    context-free one-to-one lowercase."""
+    if cp.dtype == np.uint8:  # ASCII
+        return _look_up(_ASCII_LOWER, cp)
+    low = _look_up(_LOWER, cp)
+    if len(low) and low.min() < 0:
+        for u in np.unique(cp[low == UNKNOWN]).tolist():
+            _LOWER[u] = lower_of(chr(u))
+        low = _look_up(_LOWER, cp)
+        if low.min() < 0:
+            return None
+    return low.view(np.uint32)
 
 
 @dataclass
 class Tokens:
     """The tokens of a batch of texts: token t is `cp[starts[t]:ends[t]]`, in text `doc[t]`.
 
-    Tokens are in text order, and in order within each text."""
+    Tokens are in text order, and in order within each text; text i's tokens are
+    `bounds[i]:bounds[i+1]`."""
 
-    cp: np.ndarray  # uint32: the lowercased texts' code points, joined by '\n'
+    cp: np.ndarray  # uint32: the lowercased texts' code points, one after another
     starts: np.ndarray  # int64 positions in `cp`
     ends: np.ndarray  # int64
     doc: np.ndarray  # int64: the text each token belongs to
     n_texts: int
+    bounds: np.ndarray = field(default=None)  # int64 (n_texts + 1): each text's first token
+
+    def __post_init__(self) -> None:
+        if self.bounds is None:
+            self.bounds = np.searchsorted(self.doc, np.arange(self.n_texts + 1))
 
     def counts(self) -> np.ndarray:
         """Tokens per text (int32)."""
-        return np.bincount(self.doc, minlength=self.n_texts).astype(np.int32)
+        return np.diff(self.bounds).astype(np.int32)
 
 
-def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Lowercased texts as one UTF-32 code-point array joined by '\\n', and each text's start."""
-    lowered = [t.lower() for t in texts]
-    lengths = np.fromiter(map(len, lowered), np.int64, len(lowered))
-    starts = np.zeros(len(lowered), np.int64)
-    np.cumsum(lengths[:-1] + 1, out=starts[1:])
-    # '\n' is whitespace, so no token spans two texts. surrogatepass: a lone surrogate read
-    # from a file is one code point here too, as it is to `re`.
-    joined = "\n".join(lowered).encode("utf-32-le", "surrogatepass")
-    return np.frombuffer(joined, np.uint32), starts
+def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow string array's (UTF-8 bytes uint8, offsets int64 from 0), no copy of the bytes."""
+    width = np.int32 if arr.type == pa.string() else np.int64
+    offsets = np.frombuffer(arr.buffers()[1], width, len(arr) + 1, arr.offset * np.dtype(width).itemsize)
+    data = arr.buffers()[2]
+    start, end = int(offsets[0]), int(offsets[-1])
+    if data is None or end == start:
+        return np.zeros(0, np.uint8), offsets.astype(np.int64) - start
+    raw = np.frombuffer(data, np.uint8, end - start, start)
+    return raw, offsets.astype(np.int64) - start
+
+
+def _raw_code_points(texts: Any) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """(code points before lowercasing: uint8 when all ASCII, else uint32; each text's first
+    code point, n + 1 entries; the texts as a list when they had to be made one)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if (isinstance(texts, pa.Array) and texts.type in (pa.string(), pa.large_string())
+            and texts.null_count == 0):
+        raw, offsets = _utf8(texts)
+        if not len(raw) or raw.max() < 0x80:
+            return raw, offsets, None
+        # One decode for the whole batch; a code point's position comes from UTF-8 lengths.
+        cp = np.frombuffer(raw.tobytes().decode("utf-8", "surrogatepass").encode("utf-32-le", "surrogatepass"),
+                           np.uint32)
+        bounds = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(pc.utf8_length(texts).to_numpy(zero_copy_only=False), out=bounds[1:])
+        return cp, bounds, None
+    texts = as_list(texts)
+    bounds = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)), out=bounds[1:])
+    joined = "".join(texts)
+    if joined.isascii():
+        return np.frombuffer(joined.encode("ascii"), np.uint8), bounds, texts
+    # surrogatepass: a lone surrogate read from a file is one code point here too, as to `re`.
+    return np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32), bounds, texts
+
+
+def _per_text_lowered(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`str.lower` text by text (a batch with `İ` or `Σ`): code points and text bounds."""
+    low = [t.lower() for t in texts]
+    bounds = np.zeros(len(low) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, low), np.int64, len(low)), out=bounds[1:])
+    return np.frombuffer("".join(low).encode("utf-32-le", "surrogatepass"), np.uint32), bounds
 
 
 def tokenize(texts: Iterable[str] | pa.Array | pa.ChunkedArray) -> Tokens:
     """The `TOKEN_PATTERN` tokens of each lowercased text."""
-    texts = as_list(texts)
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray, list)):
+        texts = list(texts)
+    raw, bounds, as_py = _raw_code_points(texts)
+    cp = lowered(raw)
+    if cp is None:
+        cp, bounds = _per_text_lowered(as_py if as_py is not None else as_list(texts))
+    n = len(bounds) - 1
     empty = np.zeros(0, np.int64)
-    if not texts:
-        return Tokens(np.zeros(0, np.uint32), empty, empty, empty, 0)
-    cp, text_starts = _code_points(texts)
     if len(cp) == 0:
-        return Tokens(cp, empty, empty, empty, len(texts))
+        return Tokens(cp, empty, empty, empty, n, np.zeros(n + 1, np.int64))
     cls = classes(cp)
-    prev = np.empty_like(cls)
-    prev[0] = SPACE
-    prev[1:] = cls[:-1]
-    nxt = np.empty_like(cls)
-    nxt[-1] = SPACE
-    nxt[:-1] = cls[1:]
+    # change[i]: a token may start at i / the one before may end at i — the class changes
+    # there, or a text begins there (texts are not separated in `cp`).
+    change = np.empty(len(cp) + 1, bool)
+    change[0] = change[-1] = True
+    np.not_equal(cls[1:], cls[:-1], out=change[1:-1])
+    change[bounds[1:-1]] = True
     in_token = cls != SPACE
-    # A token starts where the class changes into a non-space class and ends where it changes out.
-    starts = np.flatnonzero(in_token & (cls != prev))
-    ends = np.flatnonzero(in_token & (cls != nxt)) + 1
-    doc = np.searchsorted(text_starts, starts, side="right") - 1
-    return Tokens(cp, starts, ends, doc, len(texts))
+    starts = np.flatnonzero(change[:-1] & in_token)
+    ends = np.flatnonzero(change[1:] & in_token) + 1
+    tok_bounds = np.searchsorted(starts, bounds)
+    doc = np.repeat(np.arange(n, dtype=np.int64), np.diff(tok_bounds))
+    return Tokens(cp, starts, ends, doc, n, tok_bounds)
 
 
 def token_counts(texts: Iterable[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -8,10 +8,12 @@ pipelines except `TopCandidates`, the combiner the selection runs as.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import xxhash
 
 from thresher.text.hashing import splitmix64
@@ -92,7 +94,9 @@ def scores(row: np.ndarray, buckets: np.ndarray, counts: np.ndarray | None, n_to
     n_rows = len(n_tokens)
     out = np.empty((len(log_diff), n_rows), np.float64)
     for u, ld in enumerate(log_diff):
-        w = ld[buckets] if counts is None else ld[buckets] * counts
+        w = np.take(ld, buckets)  # np.take: ~1.5x fancy indexing's speed on this gather
+        if counts is not None:
+            w *= counts
         out[u] = np.bincount(row, weights=w, minlength=n_rows)
         if length_normalize:
             out[u] /= np.maximum(n_tokens, 1)
@@ -103,11 +107,19 @@ def scores(row: np.ndarray, buckets: np.ndarray, counts: np.ndarray | None, n_to
 # Stable per-row randomness
 
 
-def row_hashes(ids: list, seed: int) -> np.ndarray:
-    """xxh3-64 of each row id, seeded: the same id gives the same value on any worker."""
+def row_hashes(ids: list | pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """xxh3-64 of each row id's UTF-8 bytes, seeded: the same id gives the same value on any
+    worker."""
     s = seed & 0xFFFFFFFFFFFFFFFF
-    return np.fromiter((xxhash.xxh3_64_intdigest(str(i).encode("utf-8", "surrogatepass"), seed=s) for i in ids),
-                       np.uint64, len(ids))
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)) and pa.types.is_string(ids.type) and not ids.null_count:
+        # Arrow holds the UTF-8 bytes already: no str per row, and `map` with a positional
+        # seed is the cheapest per-row call into xxhash (~3x a generator with seed=).
+        data = ids.cast(pa.binary()).to_pylist()
+    else:
+        if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+            ids = ids.to_pylist()
+        data = [str(i).encode("utf-8", "surrogatepass") for i in ids]
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, data, itertools.repeat(s, len(data))), np.uint64, len(data))
 
 
 def uniform(h: np.ndarray, stream: int) -> np.ndarray:
@@ -132,18 +144,42 @@ def ranked(keys: np.ndarray, row_keys: np.ndarray) -> np.ndarray:
 
 
 def truncate(keys: np.ndarray, row_keys: np.ndarray, weights: np.ndarray, bound: int):
-    """The best rows whose weights (1 per row, or tokens) add up to at most `bound`."""
+    """The best rows whose weights (1 per row, or tokens) add up to at most `bound`, plus the
+    first row that goes over it."""
     order = ranked(keys, row_keys)
     keys, row_keys, weights = keys[order], row_keys[order], weights[order]
-    # A row whose weight sum with the rows ahead of it is already over the bound here is over
-    # it in the whole pool too, so it can never be chosen.
-    keep = np.cumsum(weights) <= bound
+    # A row whose rows ahead of it already weigh more than the bound here do so in the whole
+    # pool too, so it can never be chosen. The first row that goes over is kept: it still uses
+    # up budget in the final pass, where a row of another batch ranked behind it (and light
+    # enough to fit without it) must not be chosen — else the selection would depend on how
+    # rows were batched.
+    keep = (np.cumsum(weights) - weights) <= bound
     return keys[keep], row_keys[keep], weights[keep]
+
+
+# With one row per unit of weight (`k`), a merge lets a unit's candidates grow to this many
+# times its bound before it sorts and truncates them: then truncating early or late selects
+# the same rows (truncate(A + B) == truncate(truncate(A) + B): a row of A behind `bound` rows
+# of A is behind them in A + B too), so a merge sorts once every few batches, not per batch.
+# Token weights truncate at every merge, as they always have: there a row dropped early no
+# longer uses up the budget of the rows behind it, so the timing of truncation matters.
+SLACK = 2
+
+
+def bounded(keys: np.ndarray, row_keys: np.ndarray, weights: np.ndarray, bound: int, slack: int = 1):
+    """`truncate`, but only when the rows (or their weights) exceed `slack` times `bound`;
+    `slack` > 1 applies to unit weights only."""
+    if slack > 1 and not (weights == 1).all():
+        slack = 1
+    if len(keys) <= slack * bound and int(weights.sum()) <= slack * bound:
+        return keys, row_keys, weights  # what truncate would keep (all of it, at slack 1)
+    return truncate(keys, row_keys, weights, bound)
 
 
 @dataclass
 class Candidates:
-    """Per unit, the best rows seen so far: (keys, row keys, weights), truncated to its bound."""
+    """Per unit, the best rows seen so far: (keys, row keys, weights), holding its best rows
+    within its bound (and at most `SLACK` times the bound; `extract_output` truncates)."""
 
     quotas: list[int]
     bounds: list[int]
@@ -174,7 +210,7 @@ class TopCandidates(beam.CombineFn):
         units = []
         for u, bound in enumerate(accs[0].bounds):
             parts = [a.units[u] for a in accs]
-            units.append(truncate(*(np.concatenate([x[i] for x in parts]) for i in range(3)), bound))
+            units.append(bounded(*(np.concatenate([x[i] for x in parts]) for i in range(3)), bound, SLACK))
         return Candidates(accs[0].quotas, accs[0].bounds, units)
 
     def extract_output(self, acc) -> Selection:
@@ -184,6 +220,7 @@ class TopCandidates(beam.CombineFn):
         chosen_keys, chosen_unit, taken = [], [], []
         chosen = np.zeros(0, np.uint64)
         for u, (quota, (keys, rk, w)) in enumerate(zip(acc.quotas, acc.units, strict=True)):
+            keys, rk, w = truncate(keys, rk, w, acc.bounds[u])
             order = ranked(keys, rk)
             rk, w = rk[order], w[order]
             free = ~np.isin(rk, chosen)
