@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from thresher.core import Feature, Selector, StageParams
+from thresher.core import Feature, Selector, StageParams, keyed
 from thresher.core.registry import UnknownStage, stage_class
 from thresher.testing.harness import make_batch, run_stage
 
@@ -110,6 +110,71 @@ def test_global_step_result_reaches_decide_for_any_batching():
         assert res.counters["top_two/dropped/not_top/test"] == 3
 
 
+def _by_letter(batch):
+    """Rows -> (first letter, (row key, length, batch key)): all rows of a letter meet in one group."""
+    keys, home = batch.column("__row_key").to_numpy(), keyed.batch_keys(batch)
+    for i, text in enumerate(batch.column("text").to_pylist()):
+        yield text[0], (int(keys[i]), len(text), int(home[i]))
+
+
+def _shorter(element):
+    """A letter's rows -> (batch key, loser row keys): all but the longest (ties: the first) lose."""
+    _, found = element
+    found = sorted(found, key=lambda r: (-r[1], r[0]))
+    losers = np.array([r[0] for r in found[1:]], np.uint64)
+    yield from keyed.split_by_batch(np.array([r[2] for r in found[1:]], np.int64), keys=losers)
+
+
+class LongestPerLetter(Selector):
+    """A keyed global step: rows grouped by first letter, the longest of each kept."""
+
+    type_name = "longest_per_letter"
+
+    def select(self, scored):
+        return scored | "Rows" >> beam.Map(lambda b: b.num_rows) | "Sum" >> beam.CombineGlobally(sum)
+
+    def select_keyed(self, scored, total):
+        assert isinstance(total, beam.PCollection)  # select()'s result, as a PCollection
+        return scored | "ByLetter" >> beam.FlatMap(_by_letter) | "Group" >> beam.GroupByKey() | beam.FlatMap(_shorter)
+
+    def decide(self, batch, parts):
+        losers = keyed.merge_parts(parts, "keys", {"keys": np.uint64})["keys"]
+        from thresher.core.columns import member
+
+        return ~member(batch.column("__row_key").to_numpy(), losers), "not_longest"
+
+    def summarise(self, batch, keep):
+        return {"dropped": int((~keep).sum())}
+
+    def report(self, summary, total):
+        return {"rows": total, **summary}
+
+
+def test_keyed_step_joins_parts_to_their_batches():
+    # batches of 3: groups span batches, the last batch gets no parts, "bcd" beats "bce" on row key
+    rows = [{"text": t} for t in ["ab", "abc", "b", "bcd", "a", "bce", "c"]]
+    res = run_stage(LongestPerLetter, rows, batch_rows=3)
+    assert res.kept.column("text").to_pylist() == ["abc", "bcd", "c"]
+    assert res.dropped.column("text").to_pylist() == ["ab", "b", "a", "bce"]
+    assert res.counters["longest_per_letter/dropped/not_longest/test"] == 4
+    assert res.report == {"rows": 7, "dropped": 4}
+
+
+class StrayKeys(Selector):
+    type_name = "stray_keys"
+
+    def select_keyed(self, scored):
+        return scored | beam.Map(lambda b: (12345, {}))
+
+    def decide(self, batch, parts):
+        return np.ones(batch.num_rows, bool), None
+
+
+def test_keyed_step_refuses_parts_no_batch_has():
+    with pytest.raises(Exception, match="emitted decisions under key 12345, which no batch has"):
+        run_stage(StrayKeys, ROWS[:2])
+
+
 class WordCount(Feature):
     type_name = "word_count"
 
@@ -151,12 +216,23 @@ class SelectWithoutSide(Selector):
         return np.ones(batch.num_rows, bool), None
 
 
+class KeyedWithoutSide(Selector):
+    type_name = "bad_keyed"
+
+    def select_keyed(self, scored):
+        return scored
+
+    def decide(self, batch):
+        return np.ones(batch.num_rows, bool), None
+
+
 class NotAStage:
     pass
 
 
 @pytest.mark.parametrize("cls, why", [(NoDecide, "must define decide"),
                                       (SelectWithoutSide, "decide\\(\\) must take \\(batch, selected\\)"),
+                                      (KeyedWithoutSide, "defines select_keyed\\(\\), so decide\\(\\) must take"),
                                       (NotAStage, "is not a thresher stage")])
 def test_registry_refuses_broken_stage_classes(cls, why):
     with pytest.raises(UnknownStage, match=why):

@@ -216,6 +216,30 @@ def test_planted_near_duplicates_go_with_the_right_dup_of(shared_data, verify):
     assert res.counters["minhash_dedup/dropped/near_duplicate/test"] == 40
 
 
+def test_decisions_are_joined_not_broadcast():
+    # The candidate graph (nodes, pairs: ~ candidate rows) is read as side inputs; the dropped
+    # rows' decisions reach their batches by a join on the batch key, not as one more.
+    import apache_beam as beam
+
+    from thresher.stages.dedup.minhash_dedup import MinhashDedup
+    from thresher.testing.harness import make_batch
+
+    p = beam.Pipeline()
+    _ = p | beam.Create([make_batch([{"text": "a b c"}])]) | MinhashDedup().transform()
+    found: dict[str, set[str]] = {}
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            mine = node.full_label.startswith("minhash_dedup/") and not node.full_label.endswith("/InjectDefault")
+            if node.side_inputs and mine:
+                found[node.full_label] = {s.pvalue.producer.full_label for s in node.side_inputs}
+
+    p.visit(Visitor())
+    assert found == {"minhash_dedup/SelectKeyed/CandidateRows": {"minhash_dedup/SelectKeyed/Nodes"},
+                     "minhash_dedup/SelectKeyed/Resolve": {"minhash_dedup/SelectKeyed/PairsOnly"},
+                     "minhash_dedup/Report": {"minhash_dedup/Select/Components"}}
+
+
 @pytest.mark.slow
 def test_groups_keep_their_first_row_and_texts_without_words_stay():
     from thresher.testing.harness import run_stage

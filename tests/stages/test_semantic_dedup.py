@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -14,7 +15,7 @@ from tests.conftest import run_recipe
 from thresher.core.context import StageContext
 from thresher.models import embeddings
 from thresher.recipe.schema import Recipe, RecipeError
-from thresher.stages.dedup.semantic_dedup import SemanticDedup, dedup_cluster, greedy_dedup
+from thresher.stages.dedup.semantic_dedup import SemanticDedup, dedup_cluster, greedy_dedup, train_kmeans
 from thresher.testing.harness import make_batch, run_stage
 
 
@@ -51,23 +52,30 @@ def test_blocked_walk_matches_a_brute_force_walk():
 @pytest.mark.parametrize("rule, kept", [("first", "k1"), ("hard", "k2"), ("easy", "k1")])
 def test_keep_rule_picks_the_survivor(rule, kept):
     v = _unit([[1, 0.01], [1, 0.0]])
-    # row key 1 is the first row; row key 2 lies farther from the centroid (similarity 0.9 vs 0.95)
-    part = (np.array([1, 2], np.uint64), np.array(["k1", "k2"], object), v, np.array([0.95, 0.9], np.float32))
-    out = next(dedup_cluster((0, [part]), 0.99, rule))
-    assert out["dropped"] == 1 and list(out["dup_of"]) == [kept]
+    # row key 1 is the first row; row key 2 lies farther from the centroid (similarity 0.9 vs 0.95);
+    # they sit in batches keyed 10 and 20
+    part = (np.array([1, 2], np.uint64), np.array(["k1", "k2"], object), v, np.array([0.95, 0.9], np.float32),
+            np.array([10, 20], np.int64))
+    out = dict(dedup_cluster((0, [part]), 0.99, rule))
+    loser, loser_batch = (2, 20) if kept == "k1" else (1, 10)
+    assert list(out[loser_batch]["dup_of"]) == [kept] and out[loser_batch]["keys"].tolist() == [loser]
+    # the cluster's size rides on the part for the batch of its lowest row key (1, batch 10)
+    assert out[10]["cluster"] == (1, 2) and sum("cluster" in p for p in out.values()) == 1
 
 
-def test_decide_looks_up_each_row_in_the_decisions():
+def test_decide_looks_up_each_row_in_its_parts():
     batch = make_batch([{"text": t} for t in "abcd"])  # row keys 0..3
-    decisions = {"keys": np.array([1, 3], np.uint64), "sim": np.array([0.5, 0.995], np.float32),
-                 "dup_of": np.array([None, "0"], object)}
-    keep, reason, cols = SemanticDedup().decide(batch, decisions)
+    # two clusters' parts for this batch, out of row-key order
+    parts = [{"keys": np.array([3], np.uint64), "sim": np.array([0.995], np.float32),
+              "dup_of": np.array(["0"], object), "cluster": (0, 7)},
+             {"keys": np.array([1], np.uint64), "sim": np.array([0.5], np.float32), "dup_of": np.array([None], object)}]
+    keep, reason, cols = SemanticDedup().decide(batch, parts)
     assert keep.tolist() == [True, True, True, False] and reason == "near_duplicate"
     assert cols["semdup_of"].to_pylist() == [None, None, None, "0"]
     assert cols["semdup_similarity"].to_pylist() == pytest.approx([None, 0.5, None, 0.995])
-    empty = {"keys": np.zeros(0, np.uint64), "sim": np.zeros(0, np.float32), "dup_of": np.zeros(0, object)}
-    keep, _, cols = SemanticDedup().decide(batch, empty)
-    assert keep.all() and cols["semdup_similarity"].null_count == 4
+    assert cols["__semdup_cluster_size"].to_pylist() == [7, None, None, None]
+    keep, _, cols = SemanticDedup().decide(batch, [])
+    assert keep.all() and cols["semdup_similarity"].null_count == 4 and cols["__semdup_cluster_size"].null_count == 4
 
 
 def _stage(params: dict, tmp_path, stages: list[dict] | None = None) -> SemanticDedup:
@@ -107,6 +115,30 @@ def test_stage_run_drops_near_copies_of_kept_rows(tmp_path):
     assert res.report == {"rows": 15, "clusters": 1, "kmeans_train_rows": 15, "nonempty_clusters": 1,
                           "largest_cluster": 15, "dropped": 3, "eps": 0.05, "threshold": 0.95, "keep": "first",
                           "seed": 1, "artifacts": []}
+
+
+def test_only_the_centroids_are_broadcast(tmp_path):
+    # Per-cluster decisions reach their batches by a join on the batch key; the one side
+    # input (read by the cluster assignment and the report) is k-means' result: k x d floats.
+    st = _stage({"n_clusters": 1}, tmp_path)
+    p = beam.Pipeline()
+    batch = make_batch([{"text": "x"}]).append_column("embedding", embeddings.to_arrow(_unit(np.ones((1, 4)))))
+    _ = p | beam.Create([batch]) | st.transform()
+    found: dict[str, set[str]] = {}
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            # (InjectDefault: CombineGlobally's own default value for an empty input)
+            mine = node.full_label.startswith("semantic_dedup/") and not node.full_label.endswith("/InjectDefault")
+            if node.side_inputs and mine:
+                found[node.full_label] = {s.pvalue.producer.full_label for s in node.side_inputs}
+
+    p.visit(Visitor())
+    assert found == {"semantic_dedup/SelectKeyed/Assign": {"semantic_dedup/Select/KMeans"},
+                     "semantic_dedup/Report": {"semantic_dedup/Select/KMeans"}}
+    sample = {"rows": 10_000, "vectors": _unit(np.random.default_rng(0).standard_normal((50, 4)))}
+    kmeans = train_kmeans(sample, st.params, seed=1)
+    assert sorted(kmeans) == ["centroids", "k", "rows", "train_rows"] and kmeans["centroids"].shape == (1, 4)
 
 
 def test_semantic_dedup_without_an_embed_stage_is_a_recipe_error(tmp_path):

@@ -8,6 +8,13 @@ A selector author writes (all but `decide` optional):
                                  they travel to the shards, so thresholds can change later
     select(scored) -> PCollection  a global step over all scored batches (a combiner, a
                                  shuffle) whose single element is handed to `decide`
+    select_keyed(scored[, selected]) -> PCollection  a keyed global step: decisions made where
+                                 rows meet (grouped by a hash, a cluster), emitted as
+                                 (batch key, part) pairs (`thresher.core.keyed`); each batch is
+                                 joined to its own parts (a CoGroupByKey), and `decide` gets the
+                                 list of them instead of `select`'s result, which (if the stage
+                                 also defines `select`) goes to `select_keyed` as a PCollection
+                                 and to `report` — so no per-row decision is ever broadcast
     decide(batch[, selected])    -> (keep, reason) or (keep, reason, columns): `keep` a bool per
                                  row, `reason` one string or one per row (read where dropped)
     summarise(batch, keep) -> dict   per batch; numbers and arrays add, lists concatenate
@@ -46,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thresher.core import columns as cols
-from thresher.core import counters, rows
+from thresher.core import counters, keyed, rows
 from thresher.core.reports import SumSummaries, report_path, write_report
 from thresher.core.stage import Hook, Stage, overrides
 from thresher.report import sample as score_sample
@@ -67,12 +74,18 @@ def with_decisions(batch: pa.RecordBatch, keep: Any, reason: Any,
         raise ValueError(f"decide() returned {keep.shape[0] if keep.ndim else 'a scalar'} keep flags "
                          f"for a batch of {batch.num_rows} rows")
     out = cols.set_columns(batch, columns)
+    # One Arrow kernel, not a Python loop per row: this runs on every row of every selector.
+    kept = pa.array(keep, type=pa.bool_())
     if reason is None or isinstance(reason, str):
-        reasons = pa.array(np.where(keep, None, reason or "unspecified").tolist(), type=pa.string())
+        given = pa.scalar(reason or "unspecified", pa.string())
     else:
-        r = reason.to_pylist() if isinstance(reason, (pa.Array, pa.ChunkedArray)) else list(reason)
-        reasons = pa.array([None if k else x for k, x in zip(keep, r, strict=True)], type=pa.string())
-    out = out.append_column(KEEP, pa.array(keep, type=pa.bool_()))
+        given = reason.combine_chunks() if isinstance(reason, pa.ChunkedArray) else reason
+        given = given if isinstance(given, pa.Array) else pa.array(list(given), type=pa.string())
+        if len(given) != batch.num_rows:
+            raise ValueError(f"decide() returned {len(given)} reasons for a batch of {batch.num_rows} rows")
+        given = given.cast(pa.string())
+    reasons = pc.if_else(kept, pa.scalar(None, pa.string()), given)
+    out = out.append_column(KEEP, kept)
     return out.append_column(DROP_REASON, reasons)
 
 
@@ -170,6 +183,19 @@ class _Decide(beam.DoFn):
         yield _decided(batch, _decision(self.stage, self.stage.decide(batch, selected)), names)
 
 
+class _DecideJoined(_Decide):
+    """A keyed global selector's decisions: each batch with the parts its key collected."""
+
+    def process(self, element):
+        key, joined = element
+        batches, parts = list(joined[keyed.ROWS]), list(joined[keyed.PARTS])
+        if parts and not batches:
+            raise ValueError(f"{self.stage.name}: select_keyed() emitted decisions under key {key}, which no batch "
+                             "has; key each part by thresher.core.keyed.batch_key() of the batch holding its rows")
+        for batch in batches:  # several only where empty batches (key 0) meet the batch whose lowest row key is 0
+            yield from super().process(batch, parts)
+
+
 class _Summarise:
     """Picklable adaptor: a decided batch -> the stage's summary of it."""
 
@@ -247,13 +273,20 @@ class SelectorTransform(beam.PTransform):
         st.prepare()
         light = st.without_worker_state()
         side: tuple = ()
-        if not overrides(st, "select", Selector):
+        keyed_step = overrides(st, "select_keyed", Selector)
+        if not keyed_step and not overrides(st, "select", Selector):
             decided = batches | "ScoreDecide" >> beam.ParDo(_ScoreDecide(st))
         else:
             scored = batches | "Score" >> beam.ParDo(_Score(st)) if overrides(st, "score", Selector) else batches
-            selected = scored | Hook(st.select, label="Select")
-            side = (beam.pvalue.AsSingleton(selected),)
-            decided = scored | "Decide" >> beam.ParDo(_Decide(light), *side)
+            selected = scored | Hook(st.select, label="Select") if overrides(st, "select", Selector) else None
+            side = (beam.pvalue.AsSingleton(selected),) if selected is not None else ()
+            if keyed_step:
+                parts = scored | Hook(st.select_keyed, *(() if selected is None else (selected,)), label="SelectKeyed")
+                decided = ({keyed.ROWS: scored | "KeyBatches" >> beam.Map(keyed.key_batch), keyed.PARTS: parts}
+                           | "JoinDecisions" >> beam.CoGroupByKey()
+                           | "Decide" >> beam.ParDo(_DecideJoined(light)))
+            else:
+                decided = scored | "Decide" >> beam.ParDo(_Decide(light), *side)
         reports = overrides(st, "summarise", Selector) or overrides(st, "report", Selector)
         if reports or overrides(st, "score", Selector):
             summary = decided | "Summarise" >> beam.CombineGlobally(SumSummaries(_Summarise(light)))
@@ -283,14 +316,18 @@ class Selector(Stage):
         """What keeps this class from running as a selector (checked when a recipe names it)."""
         if cls.decide is Selector.decide:
             return ["must define decide(batch) -> (keep, reason)"]
-        if cls.select is not Selector.select and not _takes_selected(cls.decide):
-            return ["defines select(), so decide() must take (batch, selected)"]
+        for hook in ("select", "select_keyed"):
+            if getattr(cls, hook) is not getattr(Selector, hook) and not _takes_selected(cls.decide):
+                return [f"defines {hook}(), so decide() must take (batch, selected)"]
         return []
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any] | pa.RecordBatch | None:
         return None
 
     def select(self, scored: beam.PCollection) -> beam.PCollection:
+        raise NotImplementedError
+
+    def select_keyed(self, scored: beam.PCollection, *selected: beam.PCollection) -> beam.PCollection:
         raise NotImplementedError
 
     def decide(self, batch: pa.RecordBatch, selected: Any = None):

@@ -2,11 +2,13 @@
 
 In:  canonical batches. Out: the same, minus duplicates; dropped rows have reason
      `duplicate` and (in `dropped/`) a `duplicate_of` column naming the kept row's id.
-Cost: two light passes. Pass 1 hashes each text (xxh3-64) and shuffles (hash, row key) pairs
-     into `buckets` groups; each group finds its duplicates with a NumPy sort. Only the
-     duplicates' row keys come back as a side input (memory ~ number of duplicates, not the
-     corpus). Pass 2 drops them batch by batch. "First" means lowest `__row_key`, i.e. the
-     recipe's source order, file order and line order — the same on any runner.
+Cost: a hash join, two shuffles. (1) Each text is hashed (xxh3-64) and (hash, row key, id,
+     batch key) shuffled into `buckets` groups by hash, so all rows of one text meet in one
+     group, which finds its duplicates with a NumPy sort (memory per group ~ rows/`buckets`
+     x ~40 bytes). (2) Each duplicate's (row key, kept id) goes back to the batch holding it by
+     a CoGroupByKey on the batch key, which drops it there: no worker holds the whole set of
+     duplicates, and batches with none get no decisions. "First" means lowest `__row_key`,
+     i.e. the recipe's source order, file order and line order — the same on any runner.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import Field
 
-from thresher.core import Selector, StageParams, rows
+from thresher.core import Selector, StageParams, keyed, rows
 from thresher.core.columns import find_sorted, strings
 
 DUPLICATE_OF = "duplicate_of"
@@ -38,64 +40,55 @@ def text_hashes(texts: pa.Array, ignore_case_and_space: bool) -> np.ndarray:
                        dtype=np.uint64, count=len(texts))
 
 
-def _hash_to_buckets(batch: pa.RecordBatch, params: ExactDedupParams):
+def hash_to_buckets(batch: pa.RecordBatch, params: ExactDedupParams):
+    """A batch -> per hash bucket: (hash, row key, id, batch key) of its rows."""
     h = text_hashes(batch.column(rows.TEXT), params.ignore_case_and_space)
     keys = batch.column(rows.ROW_KEY).to_numpy()
     ids = strings(batch, rows.ID)
+    home = keyed.batch_keys(batch)
     bucket = h % np.uint64(params.buckets)
     for b in np.unique(bucket):
         m = bucket == b
-        yield int(b), (h[m], keys[m], ids[m])
+        yield int(b), (h[m], keys[m], ids[m], home[m])
 
 
-def _find_duplicates(element):
-    """One bucket -> (loser row keys, winner ids) for every hash seen more than once."""
+def find_duplicates(element):
+    """One bucket -> per batch holding duplicates: (batch key, {loser row keys, winner ids})."""
     _, parts = element
     parts = list(parts)
     h = np.concatenate([p[0] for p in parts])
     k = np.concatenate([p[1] for p in parts])
     ids = np.concatenate([p[2] for p in parts])
+    home = np.concatenate([p[3] for p in parts])
     order = np.lexsort((k, h))  # by hash, then row key: the first row of a run wins
-    h, k, ids = h[order], k[order], ids[order]
+    h, k, ids, home = h[order], k[order], ids[order], home[order]
     first = np.ones(len(h), bool)
     first[1:] = h[1:] != h[:-1]
     if first.all():
         return
     winner_idx = np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
     losers = ~first
-    yield k[losers], ids[winner_idx[losers]]
-
-
-def _merge_losers(acc: list) -> tuple[np.ndarray, np.ndarray]:
-    """Every bucket's (loser keys, winner ids), gathered by ToList -> one sorted lookup."""
-    if not acc:
-        return np.zeros(0, np.uint64), np.zeros(0, object)
-    keys = np.concatenate([a[0] for a in acc])
-    winners = np.concatenate([a[1] for a in acc])
-    order = np.argsort(keys, kind="stable")
-    return keys[order], winners[order]
+    yield from keyed.split_by_batch(home[losers], keys=k[losers], winners=ids[winner_idx[losers]])
 
 
 class ExactDedup(Selector):
     __doc__ = __doc__
     type_name = "exact_dedup"
     Params = ExactDedupParams
-    cost = "CPU: one xxh3 hash per row, one shuffle of 16 bytes per row; memory ~ duplicates"
+    cost = "CPU: one xxh3 hash per row; shuffles of ~40 bytes per row and of the rows by batch"
     # `duplicate_of` only means something on dropped rows (it travels to dropped/).
     dropped_only_columns = (DUPLICATE_OF,)
 
-    def select(self, batches):
+    def select_keyed(self, batches):
         return (
             batches
-            | "Hash" >> beam.FlatMap(_hash_to_buckets, self.params)
+            | "Hash" >> beam.FlatMap(hash_to_buckets, self.params)
             | "Group" >> beam.GroupByKey()
-            | "FindDuplicates" >> beam.FlatMap(_find_duplicates)
-            | "Gather" >> beam.combiners.ToList()
-            | "Merge" >> beam.Map(_merge_losers)
+            | "FindDuplicates" >> beam.FlatMap(find_duplicates)
         )
 
-    def decide(self, batch, losers):
-        loser_keys, winners = losers
-        dup, pos = find_sorted(batch.column(rows.ROW_KEY).to_numpy(), loser_keys)
-        dup_of = pa.array([winners[p] if d else None for p, d in zip(pos, dup, strict=True)], pa.string())
+    def decide(self, batch, parts):
+        losers = keyed.merge_parts(parts, "keys", {"keys": np.uint64, "winners": object})
+        dup, pos = find_sorted(batch.column(rows.ROW_KEY).to_numpy(), losers["keys"])
+        dup_of = pa.array(np.where(dup, losers["winners"][pos] if dup.any() else None, None), pa.string())
         return ~dup, "duplicate", {DUPLICATE_OF: dup_of}

@@ -18,8 +18,9 @@ Cost: per 100-word text on one core, ~20-60 µs to shingle and ~35 µs per 100 p
      k - 1 pairs (every pair, up to `max_bucket_size` rows, with `verify`); (2) the pair list
      goes to one worker for connected components (memory ~ candidate pairs, not the corpus);
      (3) candidate rows only (their id, and their shingle sets with `verify`) are shuffled by
-     group to verify and pick winners; the dropped keys return as a side input of ~24 bytes per
-     dropped row.
+     group to verify and pick winners; each dropped row's decision (~24 bytes) goes back to the
+     batch holding it by a CoGroupByKey on the batch key. Steps (2) and (3) read the candidate
+     graph (nodes and pairs) as side inputs: memory ~ candidate rows and pairs, not the corpus.
 Stats (report): candidate pairs, verified pairs, components, clusters, dropped, bucket sizes.
 """
 
@@ -30,9 +31,10 @@ from typing import Any, Literal
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from thresher.core import Selector, StageParams, rows
+from thresher.core import Selector, StageParams, keyed, rows
 from thresher.core.columns import find_sorted, strings
 from thresher.stages.dedup import minhash_lsh as lsh
 from thresher.stages.dedup.minhash_signatures import band_hashes, permutations, signatures
@@ -41,6 +43,8 @@ from thresher.text.shingles import shingle_hashes, shingle_sets
 DROP_REASON = "near_duplicate"
 DUP_OF = "dup_of"
 DUP_CLUSTER = "dup_cluster"
+# A shuffle group's verified pairs and clusters, on its lowest-keyed row only: for the report.
+GROUP_PAIRS, GROUP_CLUSTERS = "__minhash_group_pairs", "__minhash_group_clusters"
 
 
 class MinhashDedupParams(StageParams):
@@ -160,6 +164,7 @@ class _CandidateRows(beam.DoFn):
         idx = np.flatnonzero(hit)
         keys = batch.column(rows.ROW_KEY).to_numpy()[idx]
         ids = strings(batch, rows.ID)[idx]
+        home = keyed.batch_keys(batch)[idx]
         group = root[pos[idx]] % np.uint64(self.cfg.groups)
         sets = None
         if self.cfg.verify:
@@ -167,12 +172,14 @@ class _CandidateRows(beam.DoFn):
             sets = shingle_sets(texts, self.cfg.ngram, self.cfg.mode, self.cfg.lowercase)
         for g in np.unique(group):
             m = np.flatnonzero(group == g)
-            yield int(g), (keys[m], ids[m], None if sets is None else [sets[i] for i in m])
+            yield int(g), (keys[m], ids[m], None if sets is None else [sets[i] for i in m], home[m])
 
 
 def _resolve(element, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: _Config):
     """One shuffle group's candidate rows and (side input) the pairs of its components ->
-    (loser keys, winner keys, winner ids).
+    (batch key, {loser keys, winner keys, winner ids}) per batch holding losers; the part for the
+    batch of the group's lowest row key also carries `stats`: (that row key, verified pairs,
+    clusters).
 
     The pairs come as a side input rather than through the same shuffle as the rows: a Flatten
     of the two into one GroupByKey left Beam's in-process runner (FnApiRunner, 2.77) with
@@ -186,6 +193,7 @@ def _resolve(element, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: _Co
     empty = np.zeros(0, np.uint64)
     keys = np.concatenate([p[0] for p in found] or [empty])
     ids = np.concatenate([p[1] for p in found] or [np.zeros(0, object)])
+    home = np.concatenate([p[3] for p in found] or [np.zeros(0, np.int64)])
     if cfg.verify:
         sets = {int(k): s for p in found for k, s in zip(p[0], p[2], strict=True)}
         a, b = lsh.verified(a, b, sets, cfg.threshold)
@@ -193,21 +201,14 @@ def _resolve(element, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: _Co
     lose = nodes != root
     order = np.argsort(keys)
     _, at = find_sorted(root[lose], keys[order])
-    yield {"losers": nodes[lose], "winners": root[lose], "winner_ids": ids[order][at],
-           "verified_pairs": len(a), "clusters": len(np.unique(root))}
-
-
-def _merge(found: list, graph: dict[str, Any]) -> dict[str, Any]:
-    """Every group's decisions -> one sorted lookup, plus the numbers the report shows."""
-    empty = np.zeros(0, np.uint64)
-    losers = np.concatenate([f["losers"] for f in found] or [empty])
-    order = np.argsort(losers)
-    stats = {k: v for k, v in graph.items() if k not in ("nodes", "root", "a", "b", "group")}
-    return {"losers": losers[order],
-            "winners": np.concatenate([f["winners"] for f in found] or [empty])[order],
-            "winner_ids": np.concatenate([f["winner_ids"] for f in found] or [np.zeros(0, object)])[order],
-            "verified_pairs": sum(f["verified_pairs"] for f in found),
-            "clusters": sum(f["clusters"] for f in found), **stats}
+    _, mine = find_sorted(nodes[lose], keys[order])
+    out = dict(keyed.split_by_batch(home[order][mine], losers=nodes[lose], winners=root[lose],
+                                    winner_ids=ids[order][at]))
+    if len(keys):
+        low = int(np.argmin(keys))
+        part = out.setdefault(int(home[low]), {"losers": empty, "winners": empty, "winner_ids": ids[:0]})
+        part["stats"] = (int(keys[low]), len(a), len(np.unique(root)))
+    yield from out.items()
 
 
 class MinhashDedup(Selector):
@@ -217,6 +218,7 @@ class MinhashDedup(Selector):
     cost = "CPU: shingles + num_perm hashes per shingle; shuffles of band keys (24 B x bands per row) and pairs"
     # Both only mean something on dropped rows (they travel to dropped/).
     dropped_only_columns = (DUP_OF, DUP_CLUSTER)
+    internal_columns = (GROUP_PAIRS, GROUP_CLUSTERS)
 
     def _config(self) -> _Config:
         seed = self.params.seed if self.params.seed is not None else self.ctx.seed
@@ -224,7 +226,7 @@ class MinhashDedup(Selector):
 
     def select(self, batches):
         cfg = self._config()
-        graph = (
+        return (
             batches
             | "BandKeys" >> beam.FlatMap(_band_keys, cfg)
             | "GroupBands" >> beam.GroupByKey()
@@ -232,6 +234,9 @@ class MinhashDedup(Selector):
             | "GatherPairs" >> beam.combiners.ToList()
             | "Components" >> beam.Map(_graph, cfg.groups)
         )
+
+    def select_keyed(self, batches, graph):
+        cfg = self._config()
         nodes = graph | "Nodes" >> beam.Map(_nodes_only)
         pairs = graph | "PairsOnly" >> beam.Map(_pairs_only)
         return (
@@ -239,30 +244,36 @@ class MinhashDedup(Selector):
             | "CandidateRows" >> beam.ParDo(_CandidateRows(cfg), beam.pvalue.AsSingleton(nodes))
             | "GroupComponents" >> beam.GroupByKey()
             | "Resolve" >> beam.FlatMap(_resolve, beam.pvalue.AsSingleton(pairs), cfg)
-            | "GatherDecisions" >> beam.combiners.ToList()
-            | "Merge" >> beam.Map(_merge, beam.pvalue.AsSingleton(graph))
         )
 
-    def decide(self, batch: pa.RecordBatch, decisions: dict[str, Any]):
-        hit, pos = find_sorted(batch.column(rows.ROW_KEY).to_numpy(), decisions["losers"])
-        winners = decisions["winner_ids"]
-        dup_of = pa.array([winners[p] if h else None for p, h in zip(pos, hit, strict=True)], pa.string())
-        cluster = decisions["winners"][pos] if len(decisions["losers"]) else np.zeros(len(pos), np.uint64)
-        return ~hit, DROP_REASON, {DUP_OF: dup_of, DUP_CLUSTER: pa.array(cluster, pa.uint64(), mask=~hit)}
+    def decide(self, batch: pa.RecordBatch, parts: list[dict[str, Any]]):
+        keys = batch.column(rows.ROW_KEY).to_numpy()
+        d = keyed.merge_parts(parts, "losers", {"losers": np.uint64, "winners": np.uint64, "winner_ids": object})
+        hit, pos = find_sorted(keys, d["losers"])
+        dup_of = pa.array(np.where(hit, d["winner_ids"][pos] if hit.any() else None, None), pa.string())
+        cluster = d["winners"][pos] if len(d["losers"]) else np.zeros(len(pos), np.uint64)
+        stats = sorted(part["stats"] for part in parts if "stats" in part)
+        first, at = find_sorted(keys, np.array([s[0] for s in stats], np.uint64))
+        verified, clusters = (np.array([s[i] for s in stats] or [0], np.int64)[at] for i in (1, 2))
+        return ~hit, DROP_REASON, {DUP_OF: dup_of, DUP_CLUSTER: pa.array(cluster, pa.uint64(), mask=~hit),
+                                   GROUP_PAIRS: pa.array(verified, mask=~first),
+                                   GROUP_CLUSTERS: pa.array(clusters, mask=~first)}
 
     def summarise(self, batch: pa.RecordBatch, keep: np.ndarray) -> dict[str, Any]:
-        return {"rows": batch.num_rows}
+        return {"rows": batch.num_rows, "dropped": int((~keep).sum()),
+                "verified_pairs": pc.sum(batch.column(GROUP_PAIRS)).as_py() or 0,
+                "clusters": pc.sum(batch.column(GROUP_CLUSTERS)).as_py() or 0}
 
-    def report(self, summary: dict[str, Any], decisions: dict[str, Any]) -> dict[str, Any]:
+    def report(self, summary: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
         cfg = self._config()
         return {
-            "rows": summary.get("rows", 0), "dropped": len(decisions["losers"]),
-            "candidate_pairs": decisions["candidate_pairs"],
-            "verified_pairs": decisions["verified_pairs"] if cfg.verify else None,
-            "components": decisions["components"], "clusters": decisions["clusters"],
-            "buckets_with_candidates": decisions["buckets_with_candidates"],
-            "rows_in_candidate_buckets": decisions["rows_in_candidate_buckets"],
-            "largest_bucket": decisions["largest_bucket"], "buckets_over_cap": decisions["buckets_over_cap"],
+            "rows": summary.get("rows", 0), "dropped": summary.get("dropped", 0),
+            "candidate_pairs": graph["candidate_pairs"],
+            "verified_pairs": summary.get("verified_pairs", 0) if cfg.verify else None,
+            "components": graph["components"], "clusters": summary.get("clusters", 0),
+            "buckets_with_candidates": graph["buckets_with_candidates"],
+            "rows_in_candidate_buckets": graph["rows_in_candidate_buckets"],
+            "largest_bucket": graph["largest_bucket"], "buckets_over_cap": graph["buckets_over_cap"],
             "ngram": cfg.ngram, "shingle": cfg.mode, "num_perm": self.params.num_perm,
             "bands": cfg.bands, "rows_per_band": cfg.rows, "threshold": self.params.threshold,
             "verify": cfg.verify, "seed": cfg.seed, "artifacts": [],

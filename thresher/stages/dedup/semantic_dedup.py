@@ -22,10 +22,12 @@ depends on the runner.
 
 Cost: three passes over the embeddings. (1) one combine keeps the k-means sample
 (`kmeans_sample`·d·4 bytes in one worker) and k-means runs there (GPU when faiss has one);
-(2) each batch is assigned to centroids (a matmul) and (row key, id, vector) shuffled by
-cluster; one cluster's rows are in one worker at a time (similarities in 1024-row blocks, so
-memory ~ cluster rows·d·4 + 1024·cluster rows·4 bytes); (3) the decisions come back as a side
-input of ~16 bytes per row and each batch is decided with a sorted lookup.
+the centroids (k·d·4 bytes) are the only side input. (2) each batch is assigned to centroids
+(a matmul) and (row key, id, vector, batch key) shuffled by cluster, so each cluster is its own
+group, spread over the workers; one cluster's rows are in one worker at a time (similarities
+in 1024-row blocks, so memory ~ cluster rows·d·4 + 1024·cluster rows·4 bytes); (3) the
+decisions of the rows with an earlier kept row (~16 bytes each) go back to the batches holding
+them by a CoGroupByKey on the batch key, and each batch is decided with a sorted lookup.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from thresher.core import Selector, StageParams, rows
+from thresher.core import Selector, StageParams, keyed, rows
 from thresher.core.columns import find_sorted, strings
 from thresher.core.registry import UnknownStage, stage_class
 from thresher.io.shards import order_keys
@@ -49,6 +51,8 @@ from thresher.stages.features.embed import Embed
 DROP_REASON = "near_duplicate"
 DUP_OF = "semdup_of"
 SIMILARITY = "semdup_similarity"
+# A cluster's size, on its lowest-keyed row only (null elsewhere): how the report counts clusters.
+CLUSTER_SIZE = "__semdup_cluster_size"
 _BLOCK = 1024  # rows compared at once inside a cluster (bounds the similarity matrices)
 
 
@@ -123,7 +127,7 @@ class _Sample(beam.CombineFn):
         return {"rows": int(n), "vectors": None if v is None else v[order]}
 
 
-def _train_kmeans(sample: dict[str, Any], params: SemanticDedupParams, seed: int) -> dict[str, Any]:
+def train_kmeans(sample: dict[str, Any], params: SemanticDedupParams, seed: int) -> dict[str, Any]:
     n, x = sample["rows"], sample["vectors"]
     if not n or x is None:
         return {"rows": 0, "k": 0, "train_rows": 0, "centroids": np.zeros((0, 0), np.float32)}
@@ -157,9 +161,10 @@ class _Assign(beam.DoFn):
         to_centroid = sims[np.arange(len(v)), cluster]
         keys = batch.column(rows.ROW_KEY).to_numpy()
         ids = strings(batch, rows.ID)
+        home = keyed.batch_keys(batch)
         for c in np.unique(cluster):
             m = cluster == c
-            yield int(c), (keys[m], ids[m], v[m], to_centroid[m])
+            yield int(c), (keys[m], ids[m], v[m], to_centroid[m], home[m])
 
 
 def _max_sim(a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -211,53 +216,41 @@ def greedy_dedup(vectors: np.ndarray, threshold: float, block: int = _BLOCK):
 
 
 def dedup_cluster(element, threshold: float, keep_rule: str):
-    """One cluster -> (row keys, similarity, duplicate-of id or None), for rows with an earlier kept row."""
+    """One cluster -> (batch key, part) for each batch holding rows with an earlier kept row in
+    the cluster: part = {keys, sim, dup_of (None where kept)}. The part for the batch of the
+    cluster's lowest row key also carries `cluster`: (that row key, the cluster's size)."""
     _, parts = element
     parts = list(parts)
     keys = np.concatenate([p[0] for p in parts])
     ids = np.concatenate([p[1] for p in parts])
     v = np.concatenate([p[2] for p in parts])
     to_centroid = np.concatenate([p[3] for p in parts])
+    home = np.concatenate([p[4] for p in parts])
     if keep_rule == "first":
         order = np.argsort(keys, kind="stable")
     else:
         primary = to_centroid if keep_rule == "hard" else -to_centroid
         order = np.lexsort((keys, primary))
-    keys, ids, v = keys[order], ids[order], v[order]
+    keys, ids, v, home = keys[order], ids[order], v[order], home[order]
     keep, best, at = greedy_dedup(v, threshold)
     has = at >= 0
-    dup_of = np.where(keep[has], None, ids[np.maximum(at[has], 0)])
-    yield {"size": len(keys), "keys": keys[has], "sim": best[has], "dup_of": dup_of.astype(object),
-           "dropped": int((~keep).sum())}
-
-
-def _merge_decisions(acc: list[dict]) -> dict:
-    """All clusters' decisions (gathered by beam.combiners.ToList) -> one sorted lookup."""
-    if not acc:
-        keys, sim, dup_of = np.zeros(0, np.uint64), np.zeros(0, np.float32), np.zeros(0, object)
-    else:
-        keys = np.concatenate([a["keys"] for a in acc])
-        order = np.argsort(keys, kind="stable")
-        keys = keys[order]
-        sim = np.concatenate([a["sim"] for a in acc])[order]
-        dup_of = np.concatenate([a["dup_of"] for a in acc])[order]
-    sizes = [a["size"] for a in acc]
-    return {"keys": keys, "sim": sim, "dup_of": dup_of, "dropped": sum(a["dropped"] for a in acc),
-            "nonempty_clusters": len(sizes), "largest_cluster": max(sizes, default=0)}
-
-
-def _selected(decisions: dict[str, Any], kmeans: dict[str, Any]) -> dict[str, Any]:
-    """The decisions plus what the report says about k-means (the centroids stay behind)."""
-    return {**decisions, "rows": kmeans["rows"], "clusters": kmeans["k"], "kmeans_train_rows": kmeans["train_rows"]}
+    dup_of = np.where(keep[has], None, ids[np.maximum(at[has], 0)]).astype(object)
+    out = dict(keyed.split_by_batch(home[has], keys=keys[has], sim=best[has], dup_of=dup_of))
+    low = int(np.argmin(keys))
+    part = out.setdefault(int(home[low]), {"keys": keys[:0], "sim": best[:0], "dup_of": dup_of[:0]})
+    part["cluster"] = (int(keys[low]), len(keys))
+    yield from out.items()
 
 
 class SemanticDedup(Selector):
     __doc__ = __doc__
     type_name = "semantic_dedup"
     Params = SemanticDedupParams
-    cost = "k-means on a sample + one shuffle of (key, id, vector) by cluster; O(cluster size^2) dot products"
+    cost = ("k-means on a sample + one shuffle of (key, id, vector) by cluster, one join of decisions to "
+            "batches; O(cluster size^2) dot products")
     # `semdup_of` only means something on dropped rows (it travels to dropped/).
     dropped_only_columns = (DUP_OF,)
+    internal_columns = (CLUSTER_SIZE,)
 
     def check(self) -> list[str]:
         """The embedding column must come from an `embed` stage placed before this one."""
@@ -280,36 +273,44 @@ class SemanticDedup(Selector):
 
     def select(self, batches):
         p, seed = self.params, self.ctx.seed
-        kmeans = (
+        return (
             batches
             | "Sample" >> beam.CombineGlobally(_Sample(p.column, p.kmeans_sample, seed, self.name))
-            | "KMeans" >> beam.Map(_train_kmeans, p, seed)
+            | "KMeans" >> beam.Map(train_kmeans, p, seed)
         )
+
+    def select_keyed(self, batches, kmeans):
+        p = self.params
         return (
             batches
             | "Assign" >> beam.ParDo(_Assign(p.column, self.name), beam.pvalue.AsSingleton(kmeans))
             | "GroupByCluster" >> beam.GroupByKey()
             | "DedupClusters" >> beam.FlatMap(dedup_cluster, 1.0 - p.eps, p.keep)
-            | "Gather" >> beam.combiners.ToList()
-            | "Merge" >> beam.Map(_merge_decisions)
-            | "WithKMeans" >> beam.Map(_selected, beam.pvalue.AsSingleton(kmeans))
         )
 
-    def decide(self, batch: pa.RecordBatch, decisions: dict[str, Any]):
-        known = decisions["keys"]
-        hit, pos = find_sorted(batch.column(rows.ROW_KEY).to_numpy(), known)
-        dup_of = [decisions["dup_of"][p] if h else None for p, h in zip(pos, hit, strict=True)]
+    def decide(self, batch: pa.RecordBatch, parts: list[dict[str, Any]]):
+        keys = batch.column(rows.ROW_KEY).to_numpy()
+        d = keyed.merge_parts(parts, "keys", {"keys": np.uint64, "sim": np.float32, "dup_of": object})
+        hit, pos = find_sorted(keys, d["keys"])
+        dup_of = np.where(hit, d["dup_of"][pos] if hit.any() else None, None)
         # Rows with no earlier kept row in their cluster: similarity null (its slot holds 0).
-        sim = pa.array(np.where(hit, decisions["sim"][pos] if len(known) else 0, 0).astype(np.float32), mask=~hit)
-        keep = np.array([d is None for d in dup_of], bool)
-        return keep, DROP_REASON, {DUP_OF: pa.array(dup_of, pa.string()), SIMILARITY: sim}
+        sim = pa.array(np.where(hit, d["sim"][pos] if hit.any() else 0, 0).astype(np.float32), mask=~hit)
+        sized = sorted(part["cluster"] for part in parts if "cluster" in part)
+        first, at = find_sorted(keys, np.array([k for k, _ in sized], np.uint64))
+        sizes = np.array([n for _, n in sized] or [0], np.int64)[at]
+        keep = np.equal(dup_of, None)
+        return keep, DROP_REASON, {DUP_OF: pa.array(dup_of, pa.string()), SIMILARITY: sim,
+                                   CLUSTER_SIZE: pa.array(sizes, pa.int64(), mask=~first)}
 
-    def report(self, summary: dict[str, Any], decisions: dict[str, Any]) -> dict[str, Any]:
+    def summarise(self, batch: pa.RecordBatch, keep: np.ndarray) -> dict[str, Any]:
+        return {"dropped": int((~keep).sum()), "cluster_sizes": batch.column(CLUSTER_SIZE).drop_null().to_pylist()}
+
+    def report(self, summary: dict[str, Any], kmeans: dict[str, Any]) -> dict[str, Any]:
         p = self.params
+        sizes = summary.get("cluster_sizes", [])
         return {
-            "rows": decisions["rows"], "clusters": decisions["clusters"],
-            "kmeans_train_rows": decisions["kmeans_train_rows"],
-            "nonempty_clusters": decisions["nonempty_clusters"], "largest_cluster": decisions["largest_cluster"],
-            "dropped": decisions["dropped"], "eps": p.eps, "threshold": 1.0 - p.eps,
+            "rows": kmeans["rows"], "clusters": kmeans["k"], "kmeans_train_rows": kmeans["train_rows"],
+            "nonempty_clusters": len(sizes), "largest_cluster": max(sizes, default=0),
+            "dropped": summary.get("dropped", 0), "eps": p.eps, "threshold": 1.0 - p.eps,
             "keep": p.keep, "seed": self.ctx.seed, "artifacts": [],
         }
