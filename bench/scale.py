@@ -1,0 +1,215 @@
+"""Bench: parallel speed-up — ingest + exact dedup + DSIR on 1 and 2 workers, local runner and
+dask, next to a plain pyarrow loop doing the same work.
+
+    .venv/bin/python bench/scale.py [--copies 7] [--k 50000] [--only baseline,local1,dask2,...]
+
+Corpus (written once under bench/_data/scale/, reused): ../shared/data/general_pool (73,038
+paragraphs) repeated `--copies` times (7 -> 511,266 rows) with fresh ids, each copy's text
+varied by a suffix except the last copy, which repeats the first (so exact dedup drops 1/7),
+as 8 JSONL.gz files. DSIR target: ../shared/data/target_domain/math_word_problems.jsonl.gz.
+
+Runs, each in its own subprocess (its own imports, peak RSS and start-up, all timed):
+* baseline — one plain loop: pyarrow's JSON reader per file, NFC + control-character strip
+  (pyarrow.compute), xxh3 exact dedup with a set, DSIR features with the same hashed n-gram
+  featuriser thresher uses (`thresher.text.ngrams.ngram_rows`, so the ratio measures the
+  engine, not the tokenizer), target/raw bucket counts, log importance weights, top-k by
+  weight (argpartition), Arrow IPC stream shards of the k rows;
+* local1 / local2 — the recipe (`exact_dedup`, `importance_resample` top_k) through
+  `run_pipeline` on the local FnApiRunner, `direct_num_workers` 1 / 2 (multi_processing);
+* dask1 / dask2 — the same recipe with `runner: dask`, a LocalCluster of 1 / 2 worker
+  processes (one thread each), started inside the timed run.
+
+Prints, per run, rows out, seconds, docs/s (rows in / s), peak RSS and the 1-minute load
+average before and after (the machine is shared: compare only ratios from one command), then
+each run's ratio to the baseline and each runner's 2-worker / 1-worker speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("THRESHER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+POOL = SHARED / "general_pool" / "pool.jsonl.gz"
+TARGET = SHARED / "target_domain" / "math_word_problems.jsonl.gz"
+DATA = ROOT / "bench" / "_data" / "scale"
+FILES = 8
+NUM_BUCKETS = 10_000
+RUNS = ("baseline", "local1", "local2", "dask1", "dask2")
+
+
+def build_corpus(copies: int) -> tuple[list[Path], int]:
+    stamp = DATA / f"copies-{copies}.done"
+    paths = [DATA / f"copies-{copies}" / f"pool-{i:02d}.jsonl.gz" for i in range(FILES)]
+    if stamp.exists():
+        return paths, int(stamp.read_text())
+    for p in (POOL, TARGET):
+        if not p.exists():
+            sys.exit(f"needs {p} (the shared data beside the project); set THRESHER_SHARED_DATA")
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(POOL, "rt") as fh:
+        base = [json.loads(line) for line in fh]
+    outs = [gzip.open(p, "wt", compresslevel=1) for p in paths]
+    n = 0
+    for c in range(copies):
+        for r in base:
+            # The last copy repeats the first one's text: duplicates for exact dedup.
+            text = f"{r['text']} [variant {0 if c == copies - 1 else c}]"
+            outs[n % FILES].write(json.dumps({"id": f"{r['id']}#{c}", "text": text, "origin": r["source"]}) + "\n")
+            n += 1
+    for o in outs:
+        o.close()
+    stamp.write_text(str(n))
+    return paths, n
+
+
+# ---------------------------------------------------------------------------------------
+# The plain loop
+
+
+def run_baseline(paths: list[Path], out: Path, k: int) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+    import xxhash
+
+    from thresher.text.ngrams import ngram_rows
+
+    def clean(table: pa.Table) -> pa.Table:
+        text = pc.utf8_normalize(table.column("text"), "NFC")
+        text = pc.replace_substring_regex(text, r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", "")
+        table = table.set_column(table.schema.get_field_index("text"), "text", text)
+        return table.filter(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0))
+
+    def log_counts(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        indptr, buckets, n_tok = ngram_rows(texts, 2, NUM_BUCKETS)
+        return indptr, buckets, n_tok
+
+    seen: set[int] = set()
+    tables = []
+    for path in paths:
+        t = clean(pj.read_json(path))
+        keep = []
+        for i, s in enumerate(t.column("text").to_pylist()):
+            h = xxhash.xxh3_64_intdigest(s.encode())
+            if h not in seen:
+                seen.add(h)
+                keep.append(i)
+        tables.append(t.take(pa.array(keep, pa.int64())))
+    pool = pa.concat_tables(tables).combine_chunks()
+    target = clean(pj.read_json(TARGET))
+    _, tb, _ = log_counts(target.column("text"))
+    p_target = np.bincount(tb, minlength=NUM_BUCKETS) / max(len(tb), 1)
+    indptr, pb, n_tok = log_counts(pool.column("text"))
+    p_raw = np.bincount(pb, minlength=NUM_BUCKETS) / max(len(pb), 1)
+    with np.errstate(divide="ignore"):
+        logw = np.where((p_target > 0) & (p_raw > 0), np.log(p_target) - np.log(np.maximum(p_raw, 1e-300)), -np.inf)
+    occ = logw[pb]
+    occ = np.where(np.isfinite(occ), occ, -1e9)
+    sums = np.add.reduceat(np.append(occ, 0.0), indptr[:-1]) if len(pb) else np.zeros(pool.num_rows)
+    sums[np.diff(indptr) == 0] = -np.inf
+    sums[n_tok < 5] = -np.inf
+    top = np.argpartition(-sums, min(k, len(sums) - 1))[:k]
+    top = top[np.argsort(-sums[top], kind="stable")]
+    selected = pool.take(pa.array(top)).append_column("dsir_log_weight", pa.array(sums[top]))
+    out.mkdir(parents=True, exist_ok=True)
+    for j, off in enumerate(range(0, selected.num_rows, 100_000)):
+        with pa.OSFile(str(out / f"part-{j:05d}.arrow"), "wb") as f, pa.ipc.new_stream(f, selected.schema) as w:
+            w.write_table(selected.slice(off, 100_000))
+    return selected.num_rows
+
+
+# ---------------------------------------------------------------------------------------
+# thresher
+
+
+def run_thresher(paths: list[Path], out: Path, k: int, runner: str, workers: int) -> int:
+    # Imported here, not at the top: the baseline child must not pay for (or measure) them.
+    from thresher.engine.build import run_pipeline
+    from thresher.engine.plan import make_plan
+    from thresher.flows.publish import publish
+    from thresher.recipe.load import validate_recipe
+
+    if runner == "dask":
+        run = {"runner": "dask", "options": {"dask_workers": workers}}
+    else:
+        run = {"runner": "DirectRunner", "options": {"direct_num_workers": workers} if workers > 1 else {}}
+    recipe = validate_recipe({
+        "name": "bench-scale",
+        "sources": [{"name": "pool", "paths": [str(p) for p in paths], "id_field": "id"}],
+        "stages": [
+            {"type": "exact_dedup"},
+            {"type": "importance_resample",
+             "params": {"target": [{"name": "math", "paths": [str(TARGET)]}], "k": k, "top_k": True,
+                        "num_buckets": NUM_BUCKETS}},
+        ],
+        "output": {"dir": str(out)},
+        "runner": run,
+    })
+    plan = make_plan(recipe, with_hashes=False)
+    res = run_pipeline(plan)
+    publish(plan, res)
+    return sum(s["rows"] for s in res.shards)
+
+
+def child(mode: str, paths: list[Path], k: int) -> None:
+    out = DATA / f"out-{mode}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    if mode == "baseline":
+        rows = run_baseline(paths, out, k)
+    else:
+        rows = run_thresher(paths, out, k, mode[:-1], int(mode[-1]))
+    secs = time.perf_counter() - t0
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "peak_rss": peak * 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--copies", type=int, default=7, help="pool copies (7 x 73,038 = 511,266 rows)")
+    ap.add_argument("--k", type=int, default=50_000, help="rows DSIR selects")
+    ap.add_argument("--only", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
+    ap.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    paths, rows_in = build_corpus(args.copies)
+    if args.child:
+        child(args.child, paths, args.k)
+        return
+    print(f"corpus: {rows_in:,} rows in {len(paths)} JSONL.gz files; DSIR k={args.k:,}; cpus={os.cpu_count()}")
+    print(f"{'run':9s} {'rows out':>9s} {'seconds':>8s} {'docs/s':>9s} {'peak RSS':>9s}  load avg before/after")
+    results = {}
+    for mode in [m for m in RUNS if m in args.only.split(",")]:
+        load0 = os.getloadavg()[0]
+        cmd = [sys.executable, __file__, "--child", mode, "--copies", str(args.copies), "--k", str(args.k)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        load1 = os.getloadavg()[0]
+        if p.returncode != 0:
+            sys.exit(f"{mode} failed:\n{p.stderr[-4000:]}")
+        r = results[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+        print(f"{mode:9s} {r['rows_out']:>9,} {r['seconds']:>8.1f} {rows_in / r['seconds']:>9,.0f} "
+              f"{r['peak_rss'] / 2**20:>6,.0f} MiB  {load0:.1f} / {load1:.1f}", flush=True)
+    outs = {r["rows_out"] for r in results.values()}
+    assert len(outs) == 1, f"every run must select the same number of rows: {outs}"
+    if "baseline" in results:
+        b = results["baseline"]["seconds"]
+        print("vs baseline (docs/s ratio): " + ", ".join(f"{m} {b / r['seconds']:.2f}x"
+                                                         for m, r in results.items() if m != "baseline"))
+    for runner in ("local", "dask"):
+        one, two = results.get(f"{runner}1"), results.get(f"{runner}2")
+        if one and two:
+            print(f"{runner}: 2 workers / 1 worker = {one['seconds'] / two['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
