@@ -1,6 +1,7 @@
 """Reading a finished run, for training jobs: manifest, shard paths, Arrow/datasets/torch.
 
-Every function takes an output folder (and reads its `latest` snapshot, resolved once per
+Every function takes an output folder (local, or a URL such as `s3://bucket/out`: see
+`thresher.io.fs`) (and reads its `latest` snapshot, resolved once per
 call, so a refresh that moves `latest` mid-read never mixes two snapshots) or a snapshot
 folder (`OUT/snapshots/<id>`, or `OUT/latest`).
 
@@ -10,6 +11,11 @@ formats. `pyarrow.dataset`'s "arrow" format needs the IPC *file* format: either 
 `output.ipc_format: file`, or use `open_dataset()` below, which builds a pyarrow Dataset over
 memory-mapped stream shards (zero-copy for uncompressed shards).
 
+Training jobs: `TorchShards(out_dir, rank=, world_size=, columns=, format=)` is a PyTorch
+`IterableDataset` split across ranks and DataLoader workers (`thresher.load_torch`; torch is
+imported only when it is named). `datasets.load_dataset(OUT)` loads exactly the shards through
+the dataset card `README.md` that every run writes (`thresher.io.dataset_card`).
+
 A manifest is trusted only while its shards match it: `shard_paths` (and so every loader
 here) checks each shard's size against the manifest (a stat per shard), or its sha256 with
 `verify="sha256"` (reads every byte), and raises `ShardMismatchError` naming the shard.
@@ -18,13 +24,13 @@ here) checks each shard's size against the manifest (a stat per shard), or its s
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Literal
 
 import pyarrow as pa
 
 from thresher.core.errors import UserError
 from thresher.engine import snapshots
+from thresher.io import fs
 from thresher.io.atomic import sha256_file
 
 MANIFEST = "manifest.json"
@@ -41,7 +47,7 @@ def snapshot_dir(out_dir: str, manifest: dict[str, Any] | None = None) -> str:
     """The folder whose shards `manifest` lists: the snapshot it names under `out_dir`, else
     `out_dir`'s latest snapshot (or `out_dir` itself for a snapshot folder)."""
     sid = (manifest or {}).get("snapshot")
-    if sid and os.path.isfile(os.path.join(snapshots.snapshot_path(out_dir, sid), MANIFEST)):
+    if sid and fs.isfile(fs.join(snapshots.snapshot_path(out_dir, sid), MANIFEST)):
         return snapshots.snapshot_path(out_dir, sid)
     return snapshots.resolve(out_dir)
 
@@ -49,14 +55,13 @@ def snapshot_dir(out_dir: str, manifest: dict[str, Any] | None = None) -> str:
 def load_manifest(out_dir: str) -> dict[str, Any]:
     """The manifest of `out_dir`'s latest snapshot (or of the snapshot folder given)."""
     out_dir = snapshots.resolve(out_dir)
-    path = os.path.join(out_dir, MANIFEST)
-    if not os.path.exists(path):
+    path = fs.join(out_dir, MANIFEST)
+    if not fs.exists(path):
         raise FileNotFoundError(
             f"{path} not found: {out_dir} is not a finished thresher run (the manifest is "
             "written last; a run that was killed or failed has none)"
         )
-    with open(path) as fh:
-        return json.load(fh)
+    return json.loads(fs.read_bytes(path))
 
 
 def shard_paths(out_dir: str, manifest: dict[str, Any] | None = None, verify: Verify = "size") -> list[str]:
@@ -65,7 +70,7 @@ def shard_paths(out_dir: str, manifest: dict[str, Any] | None = None, verify: Ve
     out_dir = snapshot_dir(out_dir, manifest)
     paths = []
     for s in manifest["shards"]:
-        path = os.path.join(out_dir, s["path"])
+        path = fs.join(out_dir, s["path"])
         if verify != "none":
             _verify(path, s, verify)
         paths.append(path)
@@ -74,7 +79,7 @@ def shard_paths(out_dir: str, manifest: dict[str, Any] | None = None, verify: Ve
 
 def _verify(path: str, entry: dict[str, Any], verify: Verify) -> None:
     try:
-        size = os.path.getsize(path)
+        size = fs.size(path)
     except FileNotFoundError:
         raise ShardMismatchError(f"{path}: listed in the manifest but missing; the run's folder was changed "
                                  "after it finished: rerun it") from None
@@ -88,12 +93,29 @@ def _verify(path: str, entry: dict[str, Any], verify: Verify) -> None:
 
 
 def read_shard(path: str) -> pa.Table:
-    """One shard (either IPC format) as a memory-mapped Arrow table."""
-    source = pa.memory_map(path)
+    """One shard as an Arrow table: Arrow IPC (either format) memory-mapped with no copy (a URL:
+    read into memory); Parquet (`output.format: parquet`) decoded into memory."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(fs.arrow_file(path))
+
+    def source():
+        return pa.BufferReader(fs.read_bytes(path)) if fs.is_remote(path) else pa.memory_map(path)
+
     try:
-        return pa.ipc.open_stream(source).read_all()
+        return pa.ipc.open_stream(source()).read_all()
     except pa.ArrowInvalid:
-        return pa.ipc.open_file(pa.memory_map(path)).read_all()
+        return pa.ipc.open_file(source()).read_all()
+
+
+def read_schema(path: str) -> pa.Schema:
+    """A shard's schema, reading only its header (Arrow IPC) or footer (Parquet)."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(fs.arrow_file(path))
+    return read_shard(path).schema  # memory-mapped: reads no column data
 
 
 def open_dataset(out_dir: str, verify: Verify = "size"):
@@ -102,7 +124,10 @@ def open_dataset(out_dir: str, verify: Verify = "size"):
 
     manifest = load_manifest(out_dir)
     paths = shard_paths(out_dir, manifest, verify)
-    if manifest.get("ipc_format") == "file":
+    if manifest.get("shard_format") == "parquet":
+        return pads.dataset([read_shard(p) for p in paths]) if any(fs.is_remote(p) for p in paths) \
+            else pads.dataset(paths, format="parquet")
+    if manifest.get("ipc_format") == "file" and not any(fs.is_remote(p) for p in paths):
         return pads.dataset(paths, format="arrow")
     return pads.dataset([read_shard(p) for p in paths])
 
@@ -113,6 +138,37 @@ def load_hf(out_dir: str, verify: Verify = "size"):
 
     manifest = load_manifest(out_dir)
     paths = shard_paths(out_dir, manifest, verify)
+    if manifest.get("shard_format") == "parquet":  # decoded once into the HF cache (Arrow)
+        return datasets.load_dataset("parquet", data_files=paths, split="train")
     if manifest.get("ipc_format") == "file":
         return datasets.load_dataset("arrow", data_files=paths, split="train")
+    if any(fs.is_remote(p) for p in paths):  # from_file memory-maps a local file only
+        return datasets.concatenate_datasets([datasets.Dataset(read_shard(p)) for p in paths])
     return datasets.concatenate_datasets([datasets.Dataset.from_file(p) for p in paths])
+
+
+def reader_plan(rows: list[int], reader: int, readers: int) -> list[tuple[int, int, int]]:
+    """What reader `reader` of `readers` (rank * workers + worker) reads of shards holding
+    `rows` rows each: [(shard index, first row, end row)]. Whole shards (shard i to reader
+    i mod readers) when the shard count divides by the readers, else the global rows
+    [floor(k*T/readers), floor((k+1)*T/readers)) in shard order; either way every row once."""
+    if rows and len(rows) % readers == 0:
+        return [(i, 0, n) for i, n in enumerate(rows) if i % readers == reader]
+    total = sum(rows)
+    lo, hi = reader * total // readers, (reader + 1) * total // readers
+    out, start = [], 0
+    for i, n in enumerate(rows):
+        a, b = max(lo, start), min(hi, start + n)
+        if b > a:
+            out.append((i, a - start, b - start))
+        start += n
+    return out
+
+
+def __getattr__(name: str):
+    # `thresher.load.TorchShards` (load_torch) imports torch only when a caller names it.
+    if name in ("TorchShards", "dist_rank_world"):
+        from thresher import load_torch
+
+        return getattr(load_torch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

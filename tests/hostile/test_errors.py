@@ -140,12 +140,12 @@ def test_read_only_output_folder(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_full_disk_mid_run(tmp_path, monkeypatch):
-    import thresher.io.shards as shards
+    import thresher.io.shard_files as shard_files
 
     def full(path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(shards, "write_atomic", full)
+    monkeypatch.setattr(shard_files, "write_atomic", full)
     err = _short(_cli("run", str(_recipe(tmp_path)), "--no-prefect"), 1, lines=1)
     assert "No space left on device" in err and "free some space" in err
     assert not (tmp_path / "out" / "latest").exists()

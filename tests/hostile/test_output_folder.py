@@ -187,7 +187,9 @@ def test_reruns_write_only_snapshots_and_spare_every_user_file(tmp_path):
     shards = sorted(p.name for p in (out / "latest" / "shards").glob("part-*.arrow"))
     assert shards == [f"part-00000-{j:05d}.arrow" for j in range(10)]
     assert [f for f in m["files"] if f.startswith("shards/")] == [f"shards/part-00000-{j:05d}.arrow" for j in range(10)]
-    assert _snapshot(out, skip=("snapshots/", "LATEST", ".thresher")) == user  # every user file intact
+    # Every user file intact; README.md is thresher's dataset card (it lists the latest shards).
+    assert _snapshot(out, skip=("snapshots/", "LATEST", ".thresher", "README.md")) == user
+    assert "snapshots/" + m["snapshot"] + "/shards/part-00000-00000.arrow" in (out / "README.md").read_text()
     assert not list(out.rglob("_work"))
 
 

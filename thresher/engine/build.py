@@ -12,11 +12,8 @@ into it, and returns a `RunResult` with the Beam counters and the shard lists th
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +23,12 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from thresher.core import counters as names
 from thresher.engine import duplicate_ids, snapshots
+from thresher.engine.output_plan import shard_spec
 from thresher.engine.plan import RunPlan
+from thresher.io import fs
 from thresher.io.atomic import sweep_temp_files
 from thresher.io.ingest import ReadSources, failed_reads
-from thresher.io.shards import WriteQuarantine, WriteShards
+from thresher.io.shards import ShardSpec, WriteQuarantine, WriteShards
 
 log = logging.getLogger("thresher.build")
 
@@ -57,12 +56,12 @@ class BadInputError(RuntimeError):
 def start_snapshot(plan: RunPlan) -> None:
     """Give the run a new snapshot folder (under the lock: nobody else is writing). Unfinished
     snapshots of earlier, dead runs go first; finished ones stay until `publish` prunes."""
-    os.makedirs(plan.root_dir, exist_ok=True)
+    fs.makedirs(plan.root_dir)
     snapshots.prune(plan.root_dir, keep=None)  # unfinished ones only
     sweep_temp_files(plan.root_dir)
     plan.bind_snapshot(snapshots.new_snapshot_id(plan.root_dir))
     snapshots.begin(plan.root_dir, plan.snapshot)
-    os.makedirs(plan.work_dir, exist_ok=True)
+    fs.makedirs(plan.work_dir)
 
 
 def build(plan: RunPlan, pipeline) -> None:
@@ -79,14 +78,16 @@ def build(plan: RunPlan, pipeline) -> None:
             dropped.append(t.dropped)
     common = dict(seed=recipe.seed, max_rows=out.shard_max_rows, max_bytes=out.shard_max_bytes,
                   compression=out.compression, chunk_rows=recipe.batch_rows)
+    spec = shard_spec(recipe, plan.stages)  # output.format/num_shards/columns/pack, relative source_file
     _ = batches | WriteShards(plan.out_dir, plan.work_dir, kind="shards", partitions=plan.partitions,
-                              ipc_format=out.ipc_format, sort_by=out.sort_by if out.order == "sorted" else None,
-                              **common)
-    _ = quarantine | WriteQuarantine(plan.out_dir, plan.work_dir)
+                              sort_by=out.sort_by if out.order == "sorted" else None, spec=spec, **common)
+    _ = quarantine | WriteQuarantine(plan.out_dir, plan.work_dir, base_dir=spec.base_dir)
     if dropped:
+        # Diagnostics, not training data: Arrow IPC, every column, only `source_file` shaped.
+        dropped_spec = ShardSpec(compression=out.compression, chunk_rows=recipe.batch_rows, base_dir=spec.base_dir)
         _ = (tuple(dropped) | "FlattenDropped" >> beam.Flatten()
              | WriteShards(plan.out_dir, plan.work_dir, kind="dropped", partitions=1, count_prefix=None,
-                           label="Write[dropped]", **common))
+                           label="Write[dropped]", spec=dropped_spec, **common))
 
 
 def run_pipeline(plan: RunPlan) -> RunResult:
@@ -106,8 +107,7 @@ def run_pipeline(plan: RunPlan) -> RunResult:
         quarantine=_gather(work, "quarantine"), dropped=_gather(work, "dropped"),
         reports=_reports(work, plan.out_dir), seconds=seconds,
     )
-    with open(os.path.join(work, "run_result.json"), "w") as fh:
-        json.dump(run.to_json(), fh)
+    fs.write_bytes(fs.join(work, "run_result.json"), json.dumps(run.to_json()).encode())
     check_bad_fraction(plan, counters, failed_reads(plan.out_dir, run.quarantine))
     problem = duplicate_ids.check(plan.recipe.on_duplicate_id, work)
     if problem:
@@ -125,25 +125,24 @@ def _counters(result) -> dict[str, int]:
 
 def _gather(work: str, kind: str) -> list[dict[str, Any]]:
     infos: list[dict[str, Any]] = []
-    for f in sorted(glob.glob(os.path.join(work, kind, "part-*.json"))):
-        with open(f) as fh:
-            infos += json.load(fh)
+    for f in fs.glob(fs.join(work, kind, "part-*.json")):
+        infos += json.loads(fs.read_bytes(f))
     return sorted(infos, key=lambda x: x["path"])
 
 
 def _reports(work: str, out_dir: str) -> dict[str, Any]:
     """Stage summaries written during the run -> published under OUT/reports/."""
     out: dict[str, Any] = {}
-    src = os.path.join(work, "reports")
-    if not os.path.isdir(src):
+    src = fs.join(work, "reports")
+    names = [f for f in fs.listdir(src) if f.endswith(".json")]
+    if not names:
         return out
-    dst = os.path.join(out_dir, "reports")
-    os.makedirs(dst, exist_ok=True)
-    for f in sorted(os.listdir(src)):
-        if f.endswith(".json"):
-            with open(os.path.join(src, f)) as fh:
-                out[f[:-5]] = json.load(fh)
-            shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
+    dst = fs.join(out_dir, "reports")
+    fs.makedirs(dst)
+    for f in names:
+        data = fs.read_bytes(fs.join(src, f))
+        out[f[:-5]] = json.loads(data)
+        fs.write_bytes(fs.join(dst, f), data)
     return out
 
 

@@ -19,7 +19,9 @@ from thresher.core.context import StageContext
 from thresher.core.errors import RecipeError
 from thresher.core.registry import make_stage, split_version, stage_class
 from thresher.engine.outdir import foreign_manifest_problem, overlap_problems
+from thresher.engine.output_plan import output_problems
 from thresher.engine.snapshots import snapshot_path
+from thresher.io import fs
 from thresher.io.ingest import InputError, plan_reads
 from thresher.io.shards import auto_partitions
 from thresher.recipe.load import load_recipe
@@ -33,6 +35,10 @@ MANIFEST = "manifest.json"
 # thresher names the in-process portable runner directly.
 _LOCAL_RUNNERS = {"directrunner", "direct", "local", "fnapirunner"}
 _FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+# `runner: dask`: thresher's adapter over dask.distributed (engine/dask_runner.py), not Beam's
+# own DaskRunner, which cannot run a thresher recipe (see that module's docstring).
+_DASK_RUNNERS = {"dask", "daskrunner"}
+_DASK_RUNNER = "thresher.engine.dask_runner.ThresherDaskRunner"
 
 
 class RunPlan(BaseModel):
@@ -75,11 +81,11 @@ class RunPlan(BaseModel):
 
     @property
     def work_dir(self) -> str:
-        return os.path.join(self.out_dir, WORK_DIR)
+        return fs.join(self.out_dir, WORK_DIR)
 
     @property
     def manifest_path(self) -> str:
-        return os.path.join(self.out_dir, MANIFEST)
+        return fs.join(self.out_dir, MANIFEST)
 
     @property
     def stage_names(self) -> list[str]:
@@ -104,6 +110,8 @@ def resolve_runner(recipe: Recipe, runner: str | None = None) -> tuple[str, dict
         name = _FN_API_RUNNER
         if int(opts.get("direct_num_workers", 1) or 1) > 1:
             opts.setdefault("direct_running_mode", "multi_processing")
+    elif name.lower() in _DASK_RUNNERS:
+        name = _DASK_RUNNER
     return name, opts
 
 
@@ -117,10 +125,16 @@ def stage_name(spec: Any) -> str:
 
 
 def cache_dir_of(recipe: Recipe, out_dir: str) -> str | None:
-    """The row cache's folder: the recipe's `cache.dir`, else `cache/` in the output folder."""
+    """The row cache's folder: the recipe's `cache.dir`, else `cache/` in the output folder; for an
+    output on object storage, `~/.cache/thresher/row-cache/<sha256 of the output URL>` (SQLite
+    cannot live in a bucket; a remote `cache.dir` is refused by `make_plan`)."""
     if not recipe.cache.enabled:
         return None
-    return recipe.resolve(recipe.cache.dir) if recipe.cache.dir else os.path.join(out_dir, "cache")
+    if recipe.cache.dir:
+        return recipe.resolve(recipe.cache.dir)
+    if fs.is_remote(out_dir):  # SQLite needs a local disk: a local folder per output URL
+        return fs.local_cache_dir(out_dir)
+    return os.path.join(out_dir, "cache")
 
 
 def plan_recipe(recipe_path: str, out: str | None = None, runner: str | None = None,
@@ -128,14 +142,14 @@ def plan_recipe(recipe_path: str, out: str | None = None, runner: str | None = N
     """Load, validate and resolve a recipe file (raises `RecipeError`)."""
     merged = dict(overrides or {})
     if out:
-        merged["output.dir"] = os.path.abspath(out)
+        merged["output.dir"] = fs.abspath(out)
     return make_plan(load_recipe(recipe_path, merged), runner=runner, with_hashes=with_hashes)
 
 
 def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = None,
               with_hashes: bool = True) -> RunPlan:
     """Resolve `recipe` into a plan, or raise one `RecipeError` listing every problem."""
-    out = os.path.abspath(out_dir or recipe.out_dir)
+    out = fs.abspath(out_dir or recipe.out_dir)
     problems: list[str] = []
     tasks: list[Any] = []
     inputs: list[Any] = []
@@ -143,13 +157,23 @@ def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = N
         tasks, inputs = plan_reads(recipe, with_hashes=with_hashes)
     except InputError as exc:
         problems += exc.problems
+    # A bad `tokenizer:` fails here even in a recipe with no stage that counts tokens.
+    from thresher.models.tokenizer import recipe_problems
+
+    problems += recipe_problems(recipe)
     problems += overlap_problems(recipe, out, [x.path for x in inputs if "://" not in x.path])
-    problems += filter(None, [foreign_manifest_problem(os.path.join(out, MANIFEST))])
+    if out_problem := fs.scheme_problem(out, write=True):
+        problems.append(f"output.dir: {out_problem}")
+    else:
+        problems += filter(None, [foreign_manifest_problem(fs.join(out, MANIFEST))])
+    if recipe.cache.enabled and recipe.cache.dir and fs.is_remote(recipe.resolve(recipe.cache.dir)):
+        problems.append(f"cache.dir: {recipe.cache.dir} is object storage; the row cache (SQLite) needs a local "
+                        "folder: give a local path, or leave it unset (a remote output caches under ~/.cache/thresher)")
     stages = []
     cache_dir = cache_dir_of(recipe, out)
     for i, spec in enumerate(recipe.stages):
         ctx = StageContext(name=stage_name(spec), seed=recipe.seed, out_dir=out,
-                           work_dir=os.path.join(out, WORK_DIR), recipe=recipe, index=i,
+                           work_dir=fs.join(out, WORK_DIR), recipe=recipe, index=i,
                            write_dropped=recipe.output.write_dropped, cache_dir=cache_dir)
         stage = make_stage(spec, ctx)
         problems += [f"stages.{i}.{p}" for p in stage.check()]
@@ -157,6 +181,7 @@ def make_plan(recipe: Recipe, runner: str | None = None, out_dir: str | None = N
     names = [s.name for s in stages]
     problems += [f"stages: two stages are named {n!r}; give one a `name:`" for n in sorted(set(names))
                  if names.count(n) > 1]
+    problems += output_problems(recipe, tasks, stages)
     if problems:
         raise RecipeError(problems, "recipe")
     name, opts = resolve_runner(recipe, runner)

@@ -7,6 +7,9 @@ source), the run's fingerprint (what an unchanged rerun compares) and the row ca
 and misses per stage. A snapshot without `manifest.json` is an unfinished run; `latest` never
 points at one.
 
+Beside the manifest, `README.md` dataset cards (`io.dataset_card`) in the snapshot and at the
+output root make `datasets.load_dataset(OUT)` load exactly the shards.
+
 `files` lists every path the run wrote in its snapshot; pruning an old snapshot deletes only
 those (`engine.snapshots`), never anything else (a user's notes).
 """
@@ -16,8 +19,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
-import shutil
 from typing import Any
 
 import thresher
@@ -26,10 +27,11 @@ from thresher.engine import snapshots
 from thresher.engine.build import RunResult
 from thresher.engine.fingerprint import fingerprint
 from thresher.engine.plan import RunPlan
-from thresher.io import row_cache
+from thresher.io import dataset_card, fs, row_cache
 from thresher.io.atomic import write_bytes_atomic
-from thresher.load import read_shard
+from thresher.load import read_schema
 from thresher.report.html import write_report
+from thresher.report.tokens import manifest_tokens
 
 MANIFEST_FORMAT = "thresher-manifest/1"
 
@@ -73,8 +75,13 @@ def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
         "num_rows": sum(s["rows"] for s in run.shards),
         "num_bytes": sum(s["bytes"] for s in run.shards),
         "ipc_format": recipe.output.ipc_format,
+        "shard_format": recipe.output.format,  # arrow | parquet
+        "num_shards": recipe.output.num_shards,  # set: len(shards) == num_shards, sizes within one
         "shards": run.shards,
         "schema": schema,
+        # which tokenizer counted (name + sha256) or "words", and the written totals
+        "tokens": manifest_tokens(recipe, run.out_dir, run.shards,
+                                  [f["name"] for f in (schema or {}).get("fields", [])]),
         "quarantine": run.quarantine,
         "artifacts": _artifacts(run),
         "dropped": run.dropped,
@@ -95,8 +102,8 @@ def _files(run: RunResult) -> list[str]:
 def _shard_schema(run: RunResult) -> dict[str, Any] | None:
     if not run.shards:
         return None
-    path = os.path.join(run.out_dir, run.shards[0]["path"])
-    schema = read_shard(path).schema
+    path = fs.join(run.out_dir, run.shards[0]["path"])
+    schema = read_schema(path)
     return {
         "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
         "arrow_ipc_base64": base64.b64encode(schema.serialize().to_pybytes()).decode(),
@@ -108,12 +115,16 @@ def publish(plan: RunPlan, run: RunResult) -> str:
     snapshots and the row cache. Returns the manifest path. Safe to retry (the flow's task
     retries it)."""
     manifest = build_manifest(plan, run)
-    shutil.rmtree(plan.work_dir, ignore_errors=True)
+    fs.remove(plan.work_dir, recursive=True)
     # The selection report never fails a run: it returns None only when it cannot be written.
     html = write_report(plan.out_dir, manifest)
     if html:
         manifest["files"] = sorted({*manifest["files"], html})
+    # Dataset cards: `load_dataset(OUT/latest)` and `load_dataset(OUT)` load exactly the shards.
+    if dataset_card.write_card(plan.out_dir, manifest):
+        manifest["files"] = sorted({*manifest["files"], dataset_card.README})
     write_bytes_atomic(plan.manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
+    dataset_card.write_card(plan.root_dir, manifest, prefix=f"{snapshots.SNAPSHOTS}/{plan.snapshot}/")
     snapshots.point_latest(plan.root_dir, plan.snapshot)
     snapshots.prune(plan.root_dir, keep=plan.recipe.output.keep_snapshots, current=plan.snapshot)
     if plan.cache_dir:
@@ -125,7 +136,7 @@ def _artifacts(run: RunResult) -> list[dict[str, Any]]:
     out = []
     for stage, report in sorted(run.reports.items()):
         for rel in (report or {}).get("artifacts", []) if isinstance(report, dict) else []:
-            path = os.path.join(run.out_dir, rel)
-            if os.path.isfile(path):
-                out.append({"stage": stage, "path": rel, "bytes": os.path.getsize(path)})
+            path = fs.join(run.out_dir, rel)
+            if fs.isfile(path):
+                out.append({"stage": stage, "path": rel, "bytes": fs.size(path)})
     return out

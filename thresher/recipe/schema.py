@@ -10,16 +10,21 @@ through a run.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from thresher.core.errors import RecipeError
+from thresher.recipe.base import StrictModel
+from thresher.recipe.output import Cache, Output, Pack, Runner
+
+__all__ = ["FORMATS", "Cache", "Normalize", "Output", "Pack", "Recipe", "RecipeError", "Runner", "Source",
+           "StageSpec", "detect_format", "expand_source_files"]
+from thresher.io import fs
 
 FORMATS = ("jsonl", "parquet", "arrow", "csv", "hf_disk", "hf_hub")
 
@@ -40,12 +45,7 @@ _EXTENSIONS = {
 }
 
 
-class _Model(BaseModel):
-    # Unknown keys are errors: a typo in a threshold name must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=False)
-
-
-class Normalize(_Model):
+class Normalize(StrictModel):
     """Text normalisation applied at ingest (vectorised with pyarrow.compute)."""
 
     nfc: bool = Field(True, description="Unicode NFC normalisation.")
@@ -57,7 +57,7 @@ class Normalize(_Model):
     )
 
 
-class Source(_Model):
+class Source(StrictModel):
     """One input corpus: files (paths or globs) of one format."""
 
     name: str = Field(..., description="Source name, written to the `source` column.")
@@ -126,7 +126,7 @@ class Source(_Model):
         return [f for _, f, _, _ in string.Formatter().parse(self.text_template) if f]
 
 
-class StageSpec(_Model):
+class StageSpec(StrictModel):
     """One pipeline stage: `type` names it, `params` configure it."""
 
     type: str = Field(..., description="Stage type, e.g. exact_dedup, ngram_features, embed.")
@@ -144,125 +144,7 @@ class StageSpec(_Model):
         return v
 
 
-class Pack(_Model):
-    """Packed output: token sequences of exactly `seq_len` (needs a `tokenize` stage)."""
-
-    seq_len: int = Field(2048, gt=0, description="Tokens per packed sequence.")
-    method: Literal["greedy", "best_fit"] = Field(
-        "greedy",
-        description="`greedy`: documents in shard order, split across sequence boundaries; "
-        "`best_fit`: whole documents placed into the fullest sequence they fit (longer ones split).",
-    )
-
-
-class Output(_Model):
-    """Where and how the training-ready shards are written."""
-
-    dir: str = Field("out", description="Output directory (relative to the recipe file).")
-    shard_max_rows: int = Field(100_000, gt=0, description="Most rows in one shard.")
-    shard_max_bytes: int = Field(
-        256 * 1024 * 1024, gt=0, description="Most (uncompressed Arrow) bytes in one shard."
-    )
-    compression: Literal["none", "lz4", "zstd"] = Field(
-        "none",
-        description="Arrow IPC buffer compression. `none` keeps shards memory-mappable.",
-    )
-    ipc_format: Literal["stream", "file"] = Field(
-        "stream",
-        description="Arrow IPC format of the shards: `stream` (what `datasets.Dataset.from_file` "
-        "memory-maps) or `file` (what `pyarrow.dataset(format='arrow')` opens). "
-        "`load_dataset('arrow')` reads both.",
-    )
-    order: Literal["shuffle", "sorted"] = Field(
-        "shuffle",
-        description="`shuffle`: rows in a seeded pseudo-random order; `sorted`: by `sort_by`.",
-    )
-    sort_by: str | None = Field(None, description="Column to sort by when order is sorted.")
-    partitions: int | Literal["auto"] = Field(
-        "auto",
-        description="Shuffle partitions (each writes its own run of shards); `auto` sizes them "
-        "from the input bytes (or a number from 1 to 10,000). Output is identical for any runner "
-        "parallelism.",
-    )
-    write_dropped: bool = Field(
-        False, description="Also write rows dropped by selectors under `dropped/`."
-    )
-    format: Literal["arrow", "parquet"] = Field(
-        "arrow", description="Shard file format: Arrow IPC (memory-mappable) or Parquet.",
-    )
-    parquet_row_group_rows: int = Field(
-        8192, gt=0, description="Parquet: rows per row group (the unit a streaming reader fetches).",
-    )
-    num_shards: int | None = Field(
-        None, ge=1, le=100_000,
-        description="Exactly this many shards whose row counts (or packed-sequence counts) differ "
-        "by at most one; overrides `shard_max_rows`/`shard_max_bytes`.",
-    )
-    columns: list[str] | None = Field(
-        None, description="Write only these columns (in this order); default: all public columns.",
-    )
-    drop_columns: list[str] = Field(
-        default_factory=list, description="Columns not written (e.g. n-gram features left from selection).",
-    )
-    absolute_paths: bool = Field(
-        False, description="Write `source_file` as an absolute path; default: relative to the recipe's folder, "
-        "so the same inputs in two folders give the same bytes.",
-    )
-    pack: Pack | None = Field(
-        None, description="Write packed token sequences instead of rows (see `Pack`).",
-    )
-    keep_snapshots: int = Field(
-        3, ge=1, le=1000,
-        description="Completed snapshots kept under `snapshots/`; older ones are removed only "
-        "after `latest` has moved to the new one.",
-    )
-
-    @field_validator("partitions")
-    @classmethod
-    def _partitions_in_range(cls, v: int | str) -> int | str:
-        # Checked here, not mid-run: a negative count overflowed the partition hash.
-        if isinstance(v, int) and not 1 <= v <= 10_000:
-            raise ValueError("give `auto` or a number from 1 to 10,000")
-        return v
-
-    @model_validator(mode="after")
-    def _sorted_needs_key(self) -> Output:
-        if self.order == "sorted" and not self.sort_by:
-            raise ValueError("order: sorted needs `sort_by`")
-        return self
-
-
-class Cache(_Model):
-    """Per-row results reused across runs (embeddings, rollouts), keyed by content."""
-
-    enabled: bool = Field(True, description="Reuse per-row results from earlier runs.")
-    dir: str | None = Field(
-        None, description="Cache folder (relative to the recipe file). Default: `cache/` inside "
-        "the output folder, beside the snapshots.",
-    )
-    max_bytes: int = Field(
-        10 * 1024**3, gt=0,
-        description="After each run, least-recently-used entries are removed until the cache "
-        "is at most this size (`thresher cache prune` does the same on demand).",
-    )
-
-
-class Runner(_Model):
-    """Beam pipeline options, passed through."""
-
-    runner: str = Field(
-        "DirectRunner",
-        description="Beam runner: DirectRunner (local), PortableRunner, FlinkRunner, "
-        "SparkRunner, DataflowRunner, ...",
-    )
-    options: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Other pipeline options, e.g. {direct_num_workers: 2, "
-        "direct_running_mode: multi_processing} or Dataflow's project/region/temp_location.",
-    )
-
-
-class Recipe(_Model):
+class Recipe(StrictModel):
     """A whole curation run."""
 
     name: str = Field("thresher-run", description="Run name (flow run and manifest).")
@@ -305,7 +187,15 @@ class Recipe(_Model):
 
     # -- derived ------------------------------------------------------------------------
     def resolve(self, path: str) -> str:
-        return path if os.path.isabs(path) else os.path.normpath(os.path.join(self.base_dir, path))
+        """A path relative to the recipe's folder made absolute; a URL (`s3://...`) as it is."""
+        if fs.is_remote(path):
+            return path
+        path = fs.local_path(path)
+        if os.path.isabs(path):
+            return path
+        if fs.is_remote(self.base_dir):  # a recipe read from a URL: its paths are keys beside it
+            return fs.join(self.base_dir, path)
+        return os.path.normpath(os.path.join(self.base_dir, path))
 
     @property
     def out_dir(self) -> str:
@@ -340,15 +230,23 @@ def expand_source_files(recipe: Recipe, source: Source) -> list[tuple[str, str]]
     problems: list[str] = []
     for pattern in source.paths:
         full = recipe.resolve(pattern)
-        if glob.has_magic(full):
-            hits = sorted(glob.glob(full, recursive=True))
-            if not hits:
-                problems.append(f"sources.{source.name}.paths: no file matches {pattern!r} ({full})")
-            files += hits
-        elif not os.path.exists(full):
-            problems.append(f"sources.{source.name}.paths: file not found: {full}")
-        else:
-            files.append(full)
+        try:
+            if fs.has_magic(full):
+                hits = fs.glob(full)
+                if not hits:
+                    problems.append(f"sources.{source.name}.paths: no file matches {pattern!r} ({full})")
+                files += hits
+            elif not fs.exists(full):
+                problems.append(f"sources.{source.name}.paths: file not found: {full}")
+            elif fs.is_remote(full) and fs.isdir(full):
+                problems.append(f"sources.{source.name}.paths: {full} is a folder (a key prefix); "
+                                f"name its files, or a glob such as {full}/*.jsonl")
+            else:
+                files.append(full)
+        except RecipeError as exc:  # an unknown scheme, or its extra not installed
+            problems += exc.problems
+        except OSError as exc:  # a bucket that cannot be listed: no credentials, no such bucket
+            problems.append(f"sources.{source.name}.paths: cannot list {full}: {type(exc).__name__}: {exc}")
     out: list[tuple[str, str]] = []
     for f in files:
         fmt = source.format if source.format != "auto" else detect_format(f)
@@ -357,6 +255,13 @@ def expand_source_files(recipe: Recipe, source: Source) -> list[tuple[str, str]]
                 f"sources.{source.name}: cannot tell the format of {f}; set `format:` to one of "
                 f"{', '.join(FORMATS)}"
             )
+            continue
+        if fs.is_remote(f):
+            if fmt == "hf_disk":
+                problems.append(f"sources.{source.name}: {f}: a `datasets` folder (hf_disk) is read from local "
+                                "disk only; copy it here, or save it as Parquet/Arrow files")
+                continue
+            out.append((f, fmt))  # globbed objects are files; a missing one was said above
             continue
         if fmt != "hf_disk" and os.path.isdir(f):
             problems.append(f"sources.{source.name}: {f} is a directory, not a {fmt} file")
