@@ -64,12 +64,25 @@ def load_manifest(out_dir: str) -> dict[str, Any]:
     return json.loads(fs.read_bytes(path))
 
 
-def shard_paths(out_dir: str, manifest: dict[str, Any] | None = None, verify: Verify = "size") -> list[str]:
-    """Absolute paths of a finished run's shards, in order, each checked against the manifest."""
+def shard_entries(manifest: dict[str, Any], split: str | None = None) -> list[dict[str, Any]]:
+    """The manifest's shard entries, in order: all of them, or those of one `output.splits` split
+    (a run without splits has one, `train`)."""
+    if split is None:
+        return list(manifest["shards"])
+    names = list((manifest.get("recipe") or {}).get("output", {}).get("splits") or ["train"])
+    if split not in names:
+        raise ValueError(f"split {split!r}: this run's splits are {', '.join(names)}")
+    return [s for s in manifest["shards"] if (s.get("split") or "train") == split]
+
+
+def shard_paths(out_dir: str, manifest: dict[str, Any] | None = None, verify: Verify = "size",
+                split: str | None = None) -> list[str]:
+    """Absolute paths of a finished run's shards (all, or one split's), in order, each checked
+    against the manifest."""
     manifest = manifest or load_manifest(out_dir)
     out_dir = snapshot_dir(out_dir, manifest)
     paths = []
-    for s in manifest["shards"]:
+    for s in shard_entries(manifest, split):
         path = fs.join(out_dir, s["path"])
         if verify != "none":
             _verify(path, s, verify)
@@ -118,12 +131,12 @@ def read_schema(path: str) -> pa.Schema:
     return read_shard(path).schema  # memory-mapped: reads no column data
 
 
-def open_dataset(out_dir: str, verify: Verify = "size"):
-    """A `pyarrow.dataset.Dataset` over a run's shards."""
+def open_dataset(out_dir: str, verify: Verify = "size", split: str | None = None):
+    """A `pyarrow.dataset.Dataset` over a run's shards (all, or one split's)."""
     import pyarrow.dataset as pads
 
     manifest = load_manifest(out_dir)
-    paths = shard_paths(out_dir, manifest, verify)
+    paths = shard_paths(out_dir, manifest, verify, split)
     if manifest.get("shard_format") == "parquet":
         return pads.dataset([read_shard(p) for p in paths]) if any(fs.is_remote(p) for p in paths) \
             else pads.dataset(paths, format="parquet")
@@ -132,12 +145,12 @@ def open_dataset(out_dir: str, verify: Verify = "size"):
     return pads.dataset([read_shard(p) for p in paths])
 
 
-def load_hf(out_dir: str, verify: Verify = "size"):
-    """The run's shards as one `datasets.Dataset` (memory-mapped, no copy)."""
+def load_hf(out_dir: str, verify: Verify = "size", split: str | None = None):
+    """The run's shards (all, or one split's) as one `datasets.Dataset` (memory-mapped, no copy)."""
     import datasets
 
     manifest = load_manifest(out_dir)
-    paths = shard_paths(out_dir, manifest, verify)
+    paths = shard_paths(out_dir, manifest, verify, split)
     if manifest.get("shard_format") == "parquet":  # decoded once into the HF cache (Arrow)
         return datasets.load_dataset("parquet", data_files=paths, split="train")
     if manifest.get("ipc_format") == "file":

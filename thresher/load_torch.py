@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from thresher.load import Verify, load_manifest, read_shard, reader_plan, shard_paths
+from thresher.load import Verify, load_manifest, read_shard, reader_plan, shard_entries, shard_paths
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -44,11 +44,11 @@ class TorchShards(IterableDataset):
 
     def __init__(self, out_dir: str, *, rank: int | None = None, world_size: int | None = None,
                  columns: list[str] | None = None, format: Literal["python", "torch"] = "python",  # noqa: A002
-                 batch_rows: int = 1024, verify: Verify = "size"):
+                 batch_rows: int = 1024, verify: Verify = "size", split: str | None = None):
         super().__init__()
         manifest = load_manifest(out_dir)  # resolved once: every worker reads this snapshot
-        self.paths = shard_paths(out_dir, manifest, verify)
-        self.rows = [int(s["rows"]) for s in manifest["shards"]]
+        self.paths = shard_paths(out_dir, manifest, verify, split)
+        self.rows = [int(s["rows"]) for s in shard_entries(manifest, split)]
         if rank is None or world_size is None:
             r, w = dist_rank_world()
             rank = r if rank is None else rank

@@ -25,7 +25,7 @@ from thresher.core import counters as names
 from thresher.engine import duplicate_ids, snapshots
 from thresher.engine.output_plan import shard_spec
 from thresher.engine.plan import RunPlan
-from thresher.io import fs
+from thresher.io import fs, splits
 from thresher.io.atomic import sweep_temp_files
 from thresher.io.ingest import ReadSources, failed_reads
 from thresher.io.shards import ShardSpec, WriteQuarantine, WriteShards
@@ -79,8 +79,17 @@ def build(plan: RunPlan, pipeline) -> None:
     common = dict(seed=recipe.seed, max_rows=out.shard_max_rows, max_bytes=out.shard_max_bytes,
                   compression=out.compression, chunk_rows=recipe.batch_rows)
     spec = shard_spec(recipe, plan.stages)  # output.format/num_shards/columns/pack, relative source_file
-    _ = batches | WriteShards(plan.out_dir, plan.work_dir, kind="shards", partitions=plan.partitions,
-                              sort_by=out.sort_by if out.order == "sorted" else None, spec=spec, **common)
+    sort_by = out.sort_by if out.order == "sorted" else None
+    if not out.splits:
+        _ = batches | WriteShards(plan.out_dir, plan.work_dir, kind="shards", partitions=plan.partitions,
+                                  sort_by=sort_by, spec=spec, **common)
+    else:
+        # One writer per split (a Filter each, not a multi-output step: see engine/dask_runner.py).
+        fractions = list(out.splits.values())
+        for i, name in enumerate(out.splits):
+            _ = (batches | f"Split[{name}]" >> beam.FlatMap(splits.rows_of_split, i, fractions, recipe.seed)
+                 | WriteShards(plan.out_dir, plan.work_dir, kind=f"shards/{name}", partitions=plan.partitions,
+                               sort_by=sort_by, spec=spec, label=f"Write[shards/{name}]", **common))
     _ = quarantine | WriteQuarantine(plan.out_dir, plan.work_dir, base_dir=spec.base_dir)
     if dropped:
         # Diagnostics, not training data: Arrow IPC, every column, only `source_file` shaped.
@@ -125,8 +134,12 @@ def _counters(result) -> dict[str, int]:
 
 def _gather(work: str, kind: str) -> list[dict[str, Any]]:
     infos: list[dict[str, Any]] = []
-    for f in fs.glob(fs.join(work, kind, "part-*.json")):
+    # `shards/<split>/` with output.splits: each split's writer records under its own folder.
+    for f in fs.glob(fs.join(work, kind, "part-*.json")) + fs.glob(fs.join(work, kind, "*", "part-*.json")):
         infos += json.loads(fs.read_bytes(f))
+    for info in infos:
+        if (split := splits.split_of_path(info["path"])) is not None:
+            info["split"] = split
     return sorted(infos, key=lambda x: x["path"])
 
 

@@ -94,8 +94,11 @@ def _compute(plan: Any) -> dict[str, Any]:
     if tok is not None:  # only then, so a recipe without one keeps its fingerprint
         parts["tokenizer"] = tok.describe()
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    # Each part's own digest too, so a run that is not "up to date" can say which part changed.
     out = {"sha256": hashlib.sha256(blob.encode()).hexdigest(), "stage_files": parts["stage_files"],
-           "packages": parts["packages"]}
+           "packages": parts["packages"],
+           "parts": {k: hashlib.sha256(json.dumps(v, sort_keys=True, separators=(",", ":"), default=str).encode())
+                     .hexdigest()[:16] for k, v in sorted(parts.items())}}
     if "tokenizer" in parts:
         out["tokenizer"] = parts["tokenizer"]
     return out

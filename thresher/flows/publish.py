@@ -76,6 +76,9 @@ def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
         "num_bytes": sum(s["bytes"] for s in run.shards),
         "ipc_format": recipe.output.ipc_format,
         "shard_format": recipe.output.format,  # arrow | parquet
+        # output.splits: rows (or packed sequences) per split, in recipe order.
+        "splits": ({name: sum(s["rows"] for s in run.shards if s.get("split") == name) for name in recipe.output.splits}
+                   if recipe.output.splits else None),
         "num_shards": recipe.output.num_shards,  # set: len(shards) == num_shards, sizes within one
         "shards": run.shards,
         "schema": schema,

@@ -22,6 +22,7 @@ import yaml
 
 from thresher.io import fs
 from thresher.io.atomic import write_bytes_atomic
+from thresher.io.splits import split_of_path
 
 README = "README.md"
 MARKER = "<!-- thresher:dataset-card (rewritten by every run; remove this line to keep your own README) -->"
@@ -29,10 +30,14 @@ MARKER = "<!-- thresher:dataset-card (rewritten by every run; remove this line t
 log = logging.getLogger("thresher.card")
 
 
-def front_matter(shard_paths: list[str]) -> str:
-    """The YAML front matter: one `default` config, split `train`, exactly these files."""
-    meta = {"configs": [{"config_name": "default", "default": True,
-                         "data_files": [{"split": "train", "path": list(shard_paths)}]}]}
+def front_matter(shard_paths: list[str], shard_splits: list[str | None] | None = None) -> str:
+    """The YAML front matter: one `default` config listing exactly these files, all in split
+    `train`, or (with `output.splits`) each in its own split, in the order first seen."""
+    by_split: dict[str, list[str]] = {}
+    for path, split in zip(shard_paths, shard_splits or [None] * len(shard_paths), strict=True):
+        by_split.setdefault(split or "train", []).append(path)
+    files = [{"split": name, "path": paths} for name, paths in by_split.items()] or [{"split": "train", "path": []}]
+    meta = {"configs": [{"config_name": "default", "default": True, "data_files": files}]}
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, width=1000) + "---\n"
 
 
@@ -43,7 +48,8 @@ def card_text(manifest: dict[str, Any], prefix: str = "") -> str:
     recipe = manifest.get("recipe") or {}
     out = recipe.get("output") or {}
     total = (manifest.get("counts") or {}).get("total") or {}
-    lines = [front_matter(shards), MARKER, "", f"# {manifest.get('name', 'thresher run')}", "",
+    card_splits = [split_of_path(s["path"]) for s in manifest.get("shards") or []]
+    lines = [front_matter(shards, card_splits), MARKER, "", f"# {manifest.get('name', 'thresher run')}", "",
              f"Curated by [thresher](https://pypi.org/project/thresher/) {manifest.get('thresher_version', '')}, "
              f"snapshot `{manifest.get('snapshot')}` ({manifest.get('created_at', '')}), recipe sha256 "
              f"`{str(manifest.get('recipe_sha256', ''))[:16]}`, seed {manifest.get('seed')}.", "",

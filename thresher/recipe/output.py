@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -63,6 +64,13 @@ class Output(StrictModel):
     parquet_row_group_rows: int = Field(
         8192, gt=0, description="Parquet: rows per row group (the unit a streaming reader fetches).",
     )
+    splits: dict[str, float] | None = Field(
+        None,
+        description="Named splits and their fractions, e.g. {train: 0.98, validation: 0.02} (summing "
+        "to 1): each row goes to one split by a seeded hash of its id (stable across refreshes and "
+        "runners); shards go to `shards/<split>/` and the dataset card names each split. `num_shards` "
+        "then applies per split.",
+    )
     num_shards: int | None = Field(
         None, ge=1, le=100_000,
         description="Exactly this many shards (`part-00000-00000` ... in row order) whose row counts "
@@ -113,6 +121,22 @@ class Output(StrictModel):
         if self.order == "sorted" and not self.sort_by:
             raise ValueError("order: sorted needs `sort_by`")
         return self
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_ok(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("empty; leave it out for one split (train)")
+        bad = sorted(n for n in v if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", n))
+        if bad:
+            raise ValueError(f"split names {bad}: use a letter, then letters, digits or '_'")
+        if any(f <= 0 for f in v.values()):
+            raise ValueError("every fraction must be above 0")
+        if abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"fractions sum to {sum(v.values()):g}; they must sum to 1")
+        return v
 
     @model_validator(mode="after")
     def _columns_consistent(self) -> Output:
