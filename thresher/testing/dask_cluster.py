@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from thresher.testing.ports import free_port
+from thresher.testing.ports import free_port, stop_process
 
 
 def _dask_cli() -> str:
@@ -26,16 +26,6 @@ def _dask_cli() -> str:
     if exe is None:
         raise RuntimeError("the `dask` command was not found; pip install 'thresher[dask]'")
     return exe
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wait_for_workers(address: str, n: int, procs: list[subprocess.Popen], timeout_s: float) -> None:
@@ -81,4 +71,4 @@ def dask_cluster(workers: int = 2, threads: int = 1, timeout_s: float = 90.0) ->
         yield address
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process(p)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from thresher.testing.ports import free_port
+from thresher.testing.ports import free_port, stop_process
 
 # SmolLM2's chat markup, for `api: completions` (MCTS continues a raw assistant prefix).
 SMOLLM2_TEMPLATE = "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
@@ -83,12 +83,6 @@ class LlamaServer:
         raise RuntimeError(f"llama_cpp.server not healthy after {self.startup_timeout_s}s")
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
         if getattr(self, "_log", None):
             self._log.close()
