@@ -23,6 +23,7 @@ from typing import Any
 
 import thresher
 from thresher.core import counters as names
+from thresher.core.errors import UserError
 from thresher.engine import snapshots
 from thresher.engine.build import RunResult
 from thresher.engine.fingerprint import fingerprint
@@ -113,11 +114,31 @@ def _shard_schema(run: RunResult) -> dict[str, Any] | None:
     }
 
 
+class RowsUnaccountedError(UserError):
+    """A source's rows read (counted from its files) differ from written + quarantined + dropped:
+    rows were lost or counted twice on the way, so the snapshot is not published."""
+
+
+def check_balanced(manifest: dict[str, Any]) -> None:
+    """Refuse to publish a snapshot whose counts do not prove every input row's fate."""
+    bad = []
+    for source, c in manifest["counts"]["by_source"].items():
+        if not c["balanced"]:
+            dropped = sum(sum(r.values()) for r in c["dropped"].values())
+            accounted = c["written"] + c["quarantined"] + dropped
+            bad.append(f"source {source!r}: {c['read']:,} rows read, {accounted:,} written, quarantined or dropped "
+                       f"({c['read'] - accounted:+,} unaccounted)")
+    if bad:
+        raise RowsUnaccountedError("; ".join(bad) + "; the snapshot was not published and `latest` is unchanged. "
+                                   "Rerun; if it happens again, report it with the output of `thresher --debug`")
+
+
 def publish(plan: RunPlan, run: RunResult) -> str:
     """Write the snapshot's manifest (last of its files), move `latest` to it, then prune old
     snapshots and the row cache. Returns the manifest path. Safe to retry (the flow's task
-    retries it)."""
+    retries it). A snapshot whose counts do not balance is not published."""
     manifest = build_manifest(plan, run)
+    check_balanced(manifest)
     fs.remove(plan.work_dir, recursive=True)
     # The selection report never fails a run: it returns None only when it cannot be written.
     html = write_report(plan.out_dir, manifest)
