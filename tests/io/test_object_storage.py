@@ -310,4 +310,4 @@ def test_s3_to_s3_matches_a_local_run(tmp_path, monkeypatch):
         assert [s.id for s in snapshots.list_snapshots("s3://corpus/out")] == [plan.snapshot, plan2.snapshot]
         assert load.load_manifest("s3://corpus/out")["snapshot"] == plan2.snapshot
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith("s3:")]
-    assert not Path("/work/main/s3:").exists()
+    assert not (Path.cwd() / "s3:").exists() and not (Path(__file__).resolve().parents[2] / "s3:").exists()
