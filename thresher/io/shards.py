@@ -183,6 +183,16 @@ def _write(out_dir: str, kind: str, name: str, table: pa.Table, spec: ShardSpec,
     return {"path": f"{kind}/{name}", "rows": table.num_rows, "bytes": file_size(path), "sha256": digest, **extra}
 
 
+def finished_partition(batches, schema: pa.Schema, sort_by: str | None, count_prefix: str | None,
+                       spec: ShardSpec) -> pa.Table:
+    """One partition's rows in their final order, counted as written (before packing and column
+    selection, so counts stay per input row), then shaped as the shards hold them."""
+    table = ordered_partition(batches, schema, sort_by)
+    if count_prefix:
+        count_by_source(count_prefix, table)
+    return spec.finish(table)
+
+
 class _WritePartition(beam.DoFn):
     """Sizes from `shard_max_rows`/`shard_max_bytes`: each partition writes its own run of
     shards, `part-<partition>-<j>`."""
@@ -200,10 +210,7 @@ class _WritePartition(beam.DoFn):
 
     def process(self, element, schema):
         part, batches = element
-        table = ordered_partition(batches, schema, self.sort_by)
-        if self.count_prefix:
-            count_by_source(self.count_prefix, table)
-        table = self.spec.finish(table)
+        table = finished_partition(batches, schema, self.sort_by, self.count_prefix, self.spec)
         n = table.num_rows
         avg = max(1.0, table.nbytes / max(n, 1))
         per_shard = max(1, min(self.max_rows, int(self.max_bytes // avg)))
@@ -225,10 +232,7 @@ class _FinishPartition(beam.DoFn):
 
     def process(self, element, schema):
         part, batches = element
-        table = ordered_partition(batches, schema, self.sort_by)
-        if self.count_prefix:
-            count_by_source(self.count_prefix, table)
-        yield part, self.spec.finish(table)
+        yield part, finished_partition(batches, schema, self.sort_by, self.count_prefix, self.spec)
 
 
 def shard_bounds(total: int, num_shards: int) -> np.ndarray:
