@@ -22,7 +22,6 @@ import yaml
 
 from thresher.io import fs
 from thresher.io.atomic import write_bytes_atomic
-from thresher.io.splits import split_of_path
 
 README = "README.md"
 MARKER = "<!-- thresher:dataset-card (rewritten by every run; remove this line to keep your own README) -->"
@@ -48,7 +47,7 @@ def card_text(manifest: dict[str, Any], prefix: str = "") -> str:
     recipe = manifest.get("recipe") or {}
     out = recipe.get("output") or {}
     total = (manifest.get("counts") or {}).get("total") or {}
-    card_splits = [split_of_path(s["path"]) for s in manifest.get("shards") or []]
+    card_splits = [s.get("split") for s in manifest.get("shards") or []]  # set by engine.build with splits
     lines = [front_matter(shards, card_splits), MARKER, "", f"# {manifest.get('name', 'thresher run')}", "",
              f"Curated by [thresher](https://pypi.org/project/thresher/) {manifest.get('thresher_version', '')}, "
              f"snapshot `{manifest.get('snapshot')}` ({manifest.get('created_at', '')}), recipe sha256 "
