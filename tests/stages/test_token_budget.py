@@ -89,34 +89,58 @@ def test_ngram_features_writes_n_tokens_by_the_tokenizer_and_dsir_reuses_only_it
     assert _stage(tmp_path, "minilm").score(other)[feats.N_TOKENS].to_pylist() == _reference_counts(TEXTS)
 
 
-def _shard(tmp_path, columns):
-    (tmp_path / "shards").mkdir(exist_ok=True)
-    table = pa.table(columns)
-    with pa.ipc.new_stream(str(tmp_path / "shards" / "part-0.arrow"), table.schema) as w:
-        w.write_table(table)
-    return [{"path": "shards/part-0.arrow", "rows": table.num_rows}], table.schema.names
+def _written(column, by_source):
+    """Counters as the shard writer keeps them: rows and sum of `column` per source."""
+    out = {}
+    for source, values in by_source.items():
+        out[f"written_rows/{column}/{source}"] = len(values)
+        out[f"written_sum/{column}/{source}"] = sum(values)
+    return out
 
 
 def test_manifest_says_which_tokenizer_counted_and_the_report_shows_it(tmp_path):
-    shards, names = _shard(tmp_path, {"text": ["a", "b", "c"], "source": ["web", "web", "code"],
-                                      "n_tokens": pa.array([10, 20, 7], pa.int32())})
+    counters = {"written/web": 2, "written/code": 1, **_written("n_tokens", {"web": [10, 20], "code": [7]}),
+                **_written("n_words", {"web": [1, 1], "code": [1]})}
     recipe = Recipe.model_validate({"sources": [{"name": "p", "paths": ["p"]}], "tokenizer": "minilm",
                                     "base_dir": str(tmp_path)})
-    got = token_info.manifest_tokens(recipe, str(tmp_path), shards, names)
+    got = token_info.manifest_tokens(recipe, counters, 3)
     tok = load_tokenizer("minilm")
     assert got == {"counted_by": {"name": "minilm", "sha256": tok.sha256, "kind": "folder"}, "column": "n_tokens",
                    "total": 37, "by_source": {"code": {"rows": 1, "tokens": 7}, "web": {"rows": 2, "tokens": 30}}}
+    shards = [{"path": "shards/part-0.arrow", "rows": 3}]
     html = tokens_section({"tokens": got, "shards": shards}, str(tmp_path))
     assert f"tokenizer &#x27;minilm&#x27; (sha256 {tok.sha256})" in html  # the whole hash, escaped
-    # without a tokenizer the unit is words, and shards without the column get no made-up total
+    # without a tokenizer the unit is words; written rows without the column get no made-up total
     words = Recipe.model_validate({"sources": [{"name": "p", "paths": ["p"]}], "base_dir": str(tmp_path)})
-    assert token_info.manifest_tokens(words, str(tmp_path), shards, names) == {
+    assert token_info.manifest_tokens(words, {"written/web": 3, **_written("n_tokens", {"web": [1, 2, 3]})}, 3) == {
         "counted_by": "words", "column": None, "total": None, "by_source": None}
-    shards, names = _shard(tmp_path, {"text": ["a b"], "source": ["web"], "n_words": pa.array([2], pa.int32())})
-    got = token_info.manifest_tokens(words, str(tmp_path), shards, names)
-    assert got == {"counted_by": "words", "column": "n_words", "total": 2, "by_source": {"web": {"rows": 1,
-                                                                                                  "tokens": 2}}}
+    got = token_info.manifest_tokens(words, counters, 3)
+    assert got == {"counted_by": "words", "column": "n_words", "total": 3,
+                   "by_source": {"code": {"rows": 1, "tokens": 1}, "web": {"rows": 2, "tokens": 2}}}
     assert "the recipe names no tokenizer" in tokens_section({"tokens": got, "shards": shards}, str(tmp_path))
+    # a column that was there and summed to 0 is a total of 0, not "no column"
+    assert token_info.manifest_tokens(words, _written("n_words", {"web": [0]}), 1)["total"] == 0
+    assert token_info.manifest_tokens(words, {}, 0) == {"counted_by": "words", "column": "n_words", "total": 0,
+                                                       "by_source": {}}
+
+
+def test_token_totals_survive_dropped_count_column_and_parquet(tmp_path):
+    """Totals are counted as rows are written: a run that drops the count column from its
+    Parquet shards still has them, equal to the column's sum per source."""
+    rows = {"a": ["one two three", "four five"], "b": ["six seven eight nine", "ten", "x y"]}
+    for name, texts in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    recipe = {"sources": [{"name": n, "paths": [f"{n}.jsonl"]} for n in rows],
+              "stages": [{"type": "ngram_features"}],
+              "output": {"dir": "out", "format": "parquet", "drop_columns": ["n_words", "ngram_buckets",
+                                                                              "ngram_counts"]}}
+    res = run_recipe(recipe, tmp_path)
+    manifest = json.loads((tmp_path / "out" / "latest" / "manifest.json").read_text())
+    assert "n_words" not in {f["name"] for f in manifest["schema"]["fields"]}
+    want = {n: token_counts(t).tolist() for n, t in rows.items()}
+    assert manifest["tokens"] == {"counted_by": "words", "column": "n_words", "total": sum(map(sum, want.values())),
+                                  "by_source": {n: {"rows": len(v), "tokens": sum(v)} for n, v in want.items()}}
+    assert res.counters["written_rows/n_words/b"] == 3
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 Every count the manifest adds up is a Beam metric in the `thresher` namespace, named
 
     read/<source>  quarantined/<source>  unreadable_files/<source>  written/<source>
+    written_sum/<column>/<source>  written_rows/<column>/<source>
     <stage>/in/<source>  <stage>/dropped/<reason>/<source>  <stage>/<what>[/<source>]
 
 Source and stage names are limited to `[A-Za-z0-9_.-]` by the recipe, so `/` splits them
@@ -43,6 +44,40 @@ def count_by_source(prefix: str, batch: pa.RecordBatch | pa.Table) -> None:
         col = col.combine_chunks()
     for item in pc.value_counts(col).to_pylist():
         counter(f"{prefix}/{item['values']}").inc(int(item["counts"]))
+
+
+# Count columns whose per-source sums are counted as rows are written (`written_sum/...`),
+# so the manifest's token totals come from the counters, never from reading shards back.
+SUMMED_COLUMNS = ("n_tokens", "n_words")
+WRITTEN_SUM, WRITTEN_ROWS = "written_sum", "written_rows"
+
+
+def sum_by_source(batch: pa.RecordBatch | pa.Table, columns=SUMMED_COLUMNS) -> None:
+    """For each of `columns` that `batch` has: `written_sum/<column>/<source>` += the column's
+    sum and `written_rows/<column>/<source>` += rows (so a column that was there and summed to
+    0 is told apart from one that never was)."""
+    if batch.num_rows == 0:
+        return
+    present = [c for c in columns if c in batch.schema.names]
+    if not present:
+        return
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    grouped = table.select([rows.SOURCE, *present]).group_by(rows.SOURCE).aggregate(
+        [(c, "sum") for c in present] + [([], "count_all")])
+    for g in grouped.to_pylist():
+        for c in present:
+            counter(f"{WRITTEN_SUM}/{c}/{g[rows.SOURCE]}").inc(int(g[f"{c}_sum"] or 0))
+            counter(f"{WRITTEN_ROWS}/{c}/{g[rows.SOURCE]}").inc(int(g["count_all"]))
+
+
+def written_sums(counters: dict[str, int], column: str) -> tuple[dict[str, int], dict[str, int]] | None:
+    """({source: rows}, {source: sum}) of `column` as written, or None when no written row had it."""
+    rows_prefix, sum_prefix = f"{WRITTEN_ROWS}/{column}/", f"{WRITTEN_SUM}/{column}/"
+    n = {k[len(rows_prefix):]: v for k, v in counters.items() if k.startswith(rows_prefix)}
+    if not n:
+        return None
+    sums = {s: counters.get(sum_prefix + s, 0) for s in n}
+    return n, sums
 
 
 def stage_counter(stage: str, *parts: str):

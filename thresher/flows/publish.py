@@ -84,8 +84,7 @@ def build_manifest(plan: RunPlan, run: RunResult) -> dict[str, Any]:
         "shards": run.shards,
         "schema": schema,
         # which tokenizer counted (name + sha256) or "words", and the written totals
-        "tokens": manifest_tokens(recipe, run.out_dir, run.shards,
-                                  [f["name"] for f in (schema or {}).get("fields", [])]),
+        "tokens": manifest_tokens(recipe, run.counters, totals["written"]),
         "quarantine": run.quarantine,
         "artifacts": _artifacts(run),
         "dropped": run.dropped,

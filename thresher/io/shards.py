@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from thresher.core import rows
-from thresher.core.counters import count_by_source
+from thresher.core.counters import count_by_source, sum_by_source
 from thresher.io import fs
 from thresher.io.atomic import write_bytes_atomic
 from thresher.io.shard_files import ShardSpec, file_size, relative_source_file, write_ipc, write_shard
@@ -190,6 +190,7 @@ def finished_partition(batches, schema: pa.Schema, sort_by: str | None, count_pr
     table = ordered_partition(batches, schema, sort_by)
     if count_prefix:
         count_by_source(count_prefix, table)
+        sum_by_source(table)
     return spec.finish(table)
 
 
