@@ -1,7 +1,7 @@
 """Bench: DSIR's marginal cost — the official `data-selection` package vs thresher, same rows.
 
     .venv/bin/python bench/dsir.py [--pairs POOL/TARGET ...] [--k 20000] [--min-tokens 5]
-                                   [--workers 1] [--small 0.1] [--repeat 3] [--no-kl]
+                                   [--workers 1] [--runner local|dask] [--small 0.1] [--repeat 3] [--no-kl]
 
 e.g. `--pairs sentences/mmlu sentences/python_docstrings general/arc` prints one ratio per pair.
 
@@ -29,7 +29,9 @@ both runs and cancels. T counts from the first call that touches data:
   compute_importance_weights + resample (numpy's global RNG seeded: it has no seed); the
   constructor, which reads nothing, is outside T;
 * thresher — `run_pipeline` on a recipe (plan, read JSONL -> importance_resample -> Arrow
-  shards) on FnApiRunner with `--workers` workers.
+  shards) on FnApiRunner with `--workers` workers, or with `--runner dask` on a Dask
+  LocalCluster of `--workers` worker processes (`--runner dask --workers 2` uses the two cores
+  the official package's num_proc uses: the equal-cores comparison).
 Ratio = official marginal / thresher marginal, in wall-clock seconds (also printed: the same
 ratio in CPU seconds of all of a side's processes — steadier on a shared machine, and blind
 to the official package's use of every core — and the ratio of whole-pool totals).
@@ -163,21 +165,26 @@ def run_official(pool: Path, target: Path, out: Path, k: int, min_tokens: int) -
             "rss_mb": rss, "worker_rss_mb": child}
 
 
-def run_thresher(pool: Path, target: Path, out: Path, k: int, min_tokens: int, workers: int, seed: int) -> dict:
+def run_thresher(pool: Path, target: Path, out: Path, k: int, min_tokens: int, workers: int, seed: int,
+                 runner: str = "local") -> dict:
     from thresher.engine.build import run_pipeline
     from thresher.engine.plan import make_plan
     from thresher.load import read_shard
     from thresher.recipe.load import validate_recipe
 
-    opts = {"direct_num_workers": workers}
-    if workers > 1:
-        opts["direct_running_mode"] = "multi_processing"
+    if runner == "dask":
+        run = {"runner": "dask", "options": {"dask_workers": workers}}
+    else:
+        opts = {"direct_num_workers": workers}
+        if workers > 1:
+            opts["direct_running_mode"] = "multi_processing"
+        run = {"options": opts}
     recipe = validate_recipe({
         "seed": seed,
         "sources": [{"name": "pool", "paths": [str(pool / "pool-*.jsonl")], "id_field": "id"}],
         "stages": [{"type": "importance_resample", "params": {
             "k": k, "min_tokens": min_tokens, "target": [{"name": "target", "paths": [str(target)]}]}}],
-        "output": {"dir": str(out / "thr_out")}, "runner": {"options": opts}})
+        "output": {"dir": str(out / "thr_out")}, "runner": run})
     cpu0, t0 = _cpu_s(), time.perf_counter()
     res = run_pipeline(make_plan(recipe))
     total, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
@@ -244,7 +251,7 @@ def run_side(side: str, pool: Path, target: Path, out: Path, k: int, args) -> di
     """One side in its own subprocess (a fresh interpreter: its start-up and peak RSS its own)."""
     cmd = [sys.executable, __file__, "--side", side, "--pool-dir", str(pool), "--target-file", str(target),
            "--work", str(out), "--k", str(k), "--min-tokens", str(args.min_tokens),
-           "--workers", str(args.workers), "--seed", str(args.seed)]
+           "--workers", str(args.workers), "--runner", args.runner, "--seed", str(args.seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"})
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not line:
@@ -306,6 +313,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20_000)
     ap.add_argument("--min-tokens", type=int, default=5)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--runner", choices=["local", "dask"], default="local",
+                    help="thresher's runner: the local FnApiRunner or a Dask LocalCluster of --workers workers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", type=float, default=0.1, help="the small run's share of each pool file")
     ap.add_argument("--no-kl", dest="kl", action="store_false", help="skip the KL comparison (~1 min a pair)")
@@ -318,7 +327,7 @@ def main() -> None:
     if args.side:  # child process: one side, result as JSON on the last line
         pool, target, out = Path(args.pool_dir), Path(args.target_file), Path(args.work)
         res = (run_official(pool, target, out, args.k, args.min_tokens) if args.side == "official"
-               else run_thresher(pool, target, out, args.k, args.min_tokens, args.workers, args.seed))
+               else run_thresher(pool, target, out, args.k, args.min_tokens, args.workers, args.seed, args.runner))
         print("RESULT " + json.dumps(res))
         return
 

@@ -67,9 +67,15 @@ def normalize_text(arr: pa.Array, norm: Normalize) -> pa.Array:
         # Not pc.utf8_normalize: in pyarrow 25 it returns the decomposed form for every
         # `form` (NFC included; see tests/io/test_ingest.py). CPython's unicodedata is
         # exact, and `is_normalized` makes the usual already-NFC text nearly free.
-        values = arr.to_pylist()
-        if not all(v is None or unicodedata.is_normalized("NFC", v) for v in values):
-            arr = pa.array([v if v is None else unicodedata.normalize("NFC", v) for v in values], pa.string())
+        # ASCII text is NFC already: only rows with other characters go through Python.
+        ascii_ = pc.fill_null(pc.string_is_ascii(arr), True)
+        if not pc.all(ascii_).as_py():
+            idx = pc.indices_nonzero(pc.invert(ascii_))
+            values = arr.take(idx).to_pylist()
+            if not all(unicodedata.is_normalized("NFC", v) for v in values):
+                fixed = pa.array([unicodedata.normalize("NFC", v) for v in values], arr.type)
+                mask = pc.invert(ascii_)
+                arr = pc.replace_with_mask(arr, mask, fixed)
     if norm.strip_control:
         # C0 controls except tab/newline/carriage return, DEL, and C1 controls.
         arr = pc.replace_substring_regex(arr, r"[\x{0}-\x{8}\x{b}\x{c}\x{e}-\x{1f}\x{7f}-\x{9f}]", "")
