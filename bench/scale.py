@@ -165,14 +165,21 @@ def run_thresher(paths: list[Path], out: Path, k: int, runner: str, workers: int
 def child(mode: str, paths: list[Path], k: int) -> None:
     out = DATA / f"out-{mode}"
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
     if mode == "baseline":
         rows = run_baseline(paths, out, k)
     else:
         rows = run_thresher(paths, out, k, mode[:-1], int(mode[-1]))
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "peak_rss": peak * 1024}))
+    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "cpu": cpu, "peak_rss": peak * 1024}))
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (a LocalCluster's workers are
+    children of the run's process and are reaped when it closes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -187,7 +194,8 @@ def main() -> None:
         child(args.child, paths, args.k)
         return
     print(f"corpus: {rows_in:,} rows in {len(paths)} JSONL.gz files; DSIR k={args.k:,}; cpus={os.cpu_count()}")
-    print(f"{'run':9s} {'rows out':>9s} {'seconds':>8s} {'docs/s':>9s} {'peak RSS':>9s}  load avg before/after")
+    print(f"{'run':9s} {'rows out':>9s} {'seconds':>8s} {'CPU s':>7s} {'docs/s':>9s} {'peak RSS':>9s}  "
+          "load avg before/after")
     results = {}
     for mode in [m for m in RUNS if m in args.only.split(",")]:
         load0 = os.getloadavg()[0]
@@ -197,7 +205,7 @@ def main() -> None:
         if p.returncode != 0:
             sys.exit(f"{mode} failed:\n{p.stderr[-4000:]}")
         r = results[mode] = json.loads(p.stdout.strip().splitlines()[-1])
-        print(f"{mode:9s} {r['rows_out']:>9,} {r['seconds']:>8.1f} {rows_in / r['seconds']:>9,.0f} "
+        print(f"{mode:9s} {r['rows_out']:>9,} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {rows_in / r['seconds']:>9,.0f} "
               f"{r['peak_rss'] / 2**20:>6,.0f} MiB  {load0:.1f} / {load1:.1f}", flush=True)
     outs = {r["rows_out"] for r in results.values()}
     assert len(outs) == 1, f"every run must select the same number of rows: {outs}"
