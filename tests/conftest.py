@@ -40,6 +40,43 @@ def _hermetic_env(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """One local S3 API (moto_server on loopback) for the whole session, stopped by its PID at
+    the end; tests take `s3`, which empties it first and points the environment at it."""
+    from thresher.testing.moto_server import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch):
+    """The session's moto server, emptied of every earlier test's buckets, with AWS_ENDPOINT_URL,
+    a dummy key and region set for this test (and the processes it starts)."""
+    from thresher.testing.moto_server import aws_env, reset
+
+    reset(moto_endpoint)
+    for k, v in aws_env(moto_endpoint).items():
+        monkeypatch.setenv(k, v)
+    return moto_endpoint
+
+
+@pytest.fixture(scope="session")
+def big_corpus(tmp_path_factory) -> Path:
+    """80,000 distinct rows in `part0..7.jsonl.gz` (the demo pool, 5 copies per file, each row's
+    id and text suffixed `#f.c` / ` (f.c)`): the Beam part of a run over `part*.jsonl.gz` takes
+    several seconds, time enough to kill or interrupt it. Read-only: tests write elsewhere."""
+    d = tmp_path_factory.mktemp("big_corpus")
+    base = demo_pool_rows()
+    for f in range(8):
+        with gzip.open(d / f"part{f}.jsonl.gz", "wt") as out:
+            for c in range(5):
+                for r in base:
+                    out.write(json.dumps({"id": f"{r['id']}#{f}.{c}", "text": f"{r['text']} ({f}.{c})"}) + "\n")
+    return d
+
+
 def run_recipe(recipe: dict, base_dir: Path):
     """Validate a recipe mapping, run its Beam pipeline and publish the manifest (no Prefect).
 

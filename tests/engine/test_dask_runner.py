@@ -40,15 +40,7 @@ def test_unsupported_transform_is_named_before_any_cluster_starts():
 
 
 # ---------------------------------------------------------------------------------------
-# Whole recipes against a real cluster
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    from thresher.testing.dask_cluster import dask_cluster
-
-    with dask_cluster(workers=2, threads=1) as address:
-        yield address
+# Whole recipes against a real cluster (`dask_address`: the session's, tests/engine/conftest.py)
 
 
 def _run(recipe: dict, base: Path, out: Path):
@@ -76,7 +68,7 @@ def _same_outputs(recipe: dict, base: Path, tmp: Path, address: str) -> tuple:
 
 
 @pytest.mark.slow
-def test_mixed_recipe_on_dask_matches_local_runner(cluster, tmp_path):
+def test_mixed_recipe_on_dask_matches_local_runner(dask_address, tmp_path):
     """Bad lines (quarantine), duplicates, a repeated id (renamed through a side input), two
     partitions and dropped rows written: every multi-output ParDo and side input in use, and
     every stage of the demo recipe (exact_dedup, decontaminate, ngram_features, DSIR)."""
@@ -101,7 +93,7 @@ def test_mixed_recipe_on_dask_matches_local_runner(cluster, tmp_path):
         ],
         "output": {"shard_max_rows": 40, "partitions": 2, "write_dropped": True},
     }
-    _, manifest = _same_outputs(recipe, tmp_path, tmp_path, cluster)
+    _, manifest = _same_outputs(recipe, tmp_path, tmp_path, dask_address)
     counts = manifest["counts"]
     assert counts["total"]["read"] == 702 and counts["total"]["quarantined"] == 1
     assert counts["duplicate_ids"] == {"pool": 2, "more": 0}

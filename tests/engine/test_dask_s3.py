@@ -63,11 +63,12 @@ def _run(recipe: dict, base: Path):
     return run
 
 
-def test_s3_to_s3_on_dask_matches_a_local_run(tmp_path, monkeypatch):
+def test_s3_to_s3_on_dask_matches_a_local_run(tmp_path, monkeypatch, s3, dask_address):
+    """`s3`: the session's moto server, emptied, with AWS_ENDPOINT_URL & co. set here; the
+    session's cluster (`dask_address`, tests/engine/conftest.py) had them from its start."""
     from thresher import load
     from thresher.io import fs
-    from thresher.testing.dask_cluster import dask_cluster
-    from thresher.testing.moto_server import make_bucket, moto_s3
+    from thresher.testing.moto_server import make_bucket
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # a remote output's row cache lives here
@@ -76,25 +77,23 @@ def test_s3_to_s3_on_dask_matches_a_local_run(tmp_path, monkeypatch):
     _write_inputs(data)
     local = _run(_recipe(str(data), str(tmp_path / "out"), {"runner": "DirectRunner"}), tmp_path)
     local_manifest = load.load_manifest(str(tmp_path / "out"))
-    with moto_s3():  # sets AWS_ENDPOINT_URL & co., which the cluster's processes inherit
-        make_bucket("corpus")
-        for f in sorted(data.iterdir()):
-            fs.write_bytes(f"s3://corpus/in/{f.name}", f.read_bytes())
-        with dask_cluster(workers=2, threads=1) as address:
-            runner = {"runner": "dask", "options": {"dask_client_address": address}}
-            remote = _run(_recipe("s3://corpus/in", "s3://corpus/out", runner), tmp_path)
-        manifest = load.load_manifest("s3://corpus/out")
-        assert manifest["runner"] == "thresher.engine.dask_runner.ThresherDaskRunner"
-        assert [(s["path"], s["rows"], s["sha256"]) for s in remote.shards] == \
-               [(s["path"], s["rows"], s["sha256"]) for s in local.shards]
-        assert len(remote.shards) == 3 and manifest["num_rows"] == 120
-        assert remote.counters == local.counters
-        assert manifest["counts"] == local_manifest["counts"] and manifest["counts"]["balanced"]
-        assert manifest["counts"]["total"]["quarantined"] == local_manifest["counts"]["total"]["quarantined"] > 0
-        assert {k: v["dropped"] for k, v in manifest["stages"].items()} == \
-               {k: v["dropped"] for k, v in local_manifest["stages"].items()}
-        assert manifest["stages"]["exact_dedup"]["dropped"]["duplicate"] > 0
-        # What the manifest lists is there and hashes as it says.
-        paths = load.shard_paths("s3://corpus/out", verify="sha256")
-        assert paths == [f"{remote.out_dir}/{s['path']}" for s in remote.shards]
+    make_bucket("corpus")
+    for f in sorted(data.iterdir()):
+        fs.write_bytes(f"s3://corpus/in/{f.name}", f.read_bytes())
+    runner = {"runner": "dask", "options": {"dask_client_address": dask_address}}
+    remote = _run(_recipe("s3://corpus/in", "s3://corpus/out", runner), tmp_path)
+    manifest = load.load_manifest("s3://corpus/out")
+    assert manifest["runner"] == "thresher.engine.dask_runner.ThresherDaskRunner"
+    assert [(s["path"], s["rows"], s["sha256"]) for s in remote.shards] == \
+           [(s["path"], s["rows"], s["sha256"]) for s in local.shards]
+    assert len(remote.shards) == 3 and manifest["num_rows"] == 120
+    assert remote.counters == local.counters
+    assert manifest["counts"] == local_manifest["counts"] and manifest["counts"]["balanced"]
+    assert manifest["counts"]["total"]["quarantined"] == local_manifest["counts"]["total"]["quarantined"] > 0
+    assert {k: v["dropped"] for k, v in manifest["stages"].items()} == \
+           {k: v["dropped"] for k, v in local_manifest["stages"].items()}
+    assert manifest["stages"]["exact_dedup"]["dropped"]["duplicate"] > 0
+    # What the manifest lists is there and hashes as it says.
+    paths = load.shard_paths("s3://corpus/out", verify="sha256")
+    assert paths == [f"{remote.out_dir}/{s['path']}" for s in remote.shards]
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith("s3:")]

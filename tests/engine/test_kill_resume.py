@@ -3,8 +3,6 @@ and a rerun gives exactly the shards of an uninterrupted run."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import signal
 import subprocess
@@ -15,19 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import demo_pool_rows
 from thresher.load import load_manifest
 
 # Whole recipes through the CLI / a real runner: end-to-end, so outside the fast loop.
 pytestmark = pytest.mark.slow
-
-def _make_corpus(tmp: Path, files: int = 8, copies: int = 5) -> None:
-    base = demo_pool_rows()
-    for f in range(files):
-        with gzip.open(tmp / f"part{f}.jsonl.gz", "wt") as out:
-            for c in range(copies):
-                for r in base:
-                    out.write(json.dumps({"id": f"{r['id']}#{f}.{c}", "text": f"{r['text']} ({f}.{c})"}) + "\n")
 
 
 def _run(recipe: Path, env: dict) -> subprocess.Popen:
@@ -45,10 +34,10 @@ def _newest_snapshot(out: Path) -> Path:
     return snaps[-1] if snaps else out / "snapshots" / "none"
 
 
-def test_sigkill_mid_run_then_rerun_gives_identical_shards(tmp_path):
-    _make_corpus(tmp_path)
+def test_sigkill_mid_run_then_rerun_gives_identical_shards(big_corpus, tmp_path):
+    """`big_corpus`: 80,000 rows in 8 files (tests/conftest.py)."""
     recipe = {"name": "kill", "seed": 3,
-              "sources": [{"name": "pool", "paths": ["part*.jsonl.gz"], "id_field": "id"}],
+              "sources": [{"name": "pool", "paths": [str(big_corpus / "part*.jsonl.gz")], "id_field": "id"}],
               "stages": [{"type": "exact_dedup"}],
               "output": {"dir": "out", "shard_max_rows": 1500, "partitions": 4}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))

@@ -9,8 +9,6 @@ leave no manifest and no child process, and a rerun finishes the work.
 from __future__ import annotations
 
 import errno
-import gzip
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +22,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import DEMO_DATA, ROOT, demo_pool_rows
+from tests.conftest import DEMO_DATA, ROOT
 from thresher.cli import app
 from thresher.load import load_manifest
 
@@ -227,17 +225,11 @@ def test_subprocess_errors_are_short(tmp_path):
 # -- case 7: signals ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    """80,000 rows: the Beam part of a run takes several seconds, time enough to interrupt it."""
-    tmp = tmp_path_factory.mktemp("big")
-    base = demo_pool_rows()
-    for f in range(8):
-        with gzip.open(tmp / f"part{f}.jsonl.gz", "wt") as out:
-            for c in range(5):
-                for r in base:
-                    out.write(json.dumps({"id": f"{r['id']}#{f}.{c}", "text": f"{r['text']} ({f}.{c})"}) + "\n")
-    return tmp
+@pytest.fixture
+def big(big_corpus) -> Path:
+    """80,000 rows (tests/conftest.py): the Beam part of a run takes several seconds, time
+    enough to interrupt it."""
+    return big_corpus
 
 
 def _big_recipe(big: Path, tmp: Path, **extra) -> Path:

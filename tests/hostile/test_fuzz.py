@@ -45,11 +45,13 @@ SEED = int(os.environ.get("THRESHER_FUZZ_SEED", "20261126"))
 TEXT_FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "csv")
 
 
-def _fuzz(root: Path, n_per_format: int | None, huge_sizes: list[int] | None = None) -> tuple[list[dict], dict]:
-    """`n_per_format` files of each format (None: one per corruption kind), read like a run."""
+def _fuzz(root: Path, n_per_format: int | None, huge_sizes: list[int] | None = None,
+          workers: int = 1) -> tuple[list[dict], dict]:
+    """`n_per_format` files of each format (None: one per corruption kind), read like a run
+    by `workers` reader processes side by side."""
     cases = [c for fmt in FORMATS
              for c in make_cases(root / "files", fmt, n_per_format or len(KINDS[fmt]), SEED, huge_sizes)]
-    return cases, run_cases(cases, root)
+    return cases, run_cases(cases, root, workers=workers)
 
 
 def _explain(cases: list[dict], results: dict, problems: list[dict], what: str) -> str:
@@ -82,7 +84,8 @@ def fuzz_small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fuzz_200(tmp_path_factory):
-    return _fuzz(tmp_path_factory.mktemp("fuzz_200"), 200)
+    # 1,400 independent files: two readers side by side use both cores of a CI machine.
+    return _fuzz(tmp_path_factory.mktemp("fuzz_200"), 200, workers=max(1, min(2, os.cpu_count() or 1)))
 
 
 def test_fuzz_small_every_record_accounted_or_file_fails(fuzz_small):

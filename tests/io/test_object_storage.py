@@ -262,9 +262,9 @@ def _run(recipe: dict, base: Path):
 
 
 @pytest.mark.slow
-def test_s3_to_s3_matches_a_local_run(tmp_path, monkeypatch):
+def test_s3_to_s3_matches_a_local_run(tmp_path, monkeypatch, s3):
     from thresher import load
-    from thresher.testing.moto_server import make_bucket, moto_s3
+    from thresher.testing.moto_server import make_bucket
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the remote output's row cache goes here
@@ -273,41 +273,40 @@ def test_s3_to_s3_matches_a_local_run(tmp_path, monkeypatch):
     _inputs(data)
     _, local = _run(_recipe(str(data), str(tmp_path / "out")), tmp_path)
     local_manifest = load.load_manifest(str(tmp_path / "out"))
-    with moto_s3():
-        make_bucket("corpus")
-        for f in sorted(data.iterdir()):
-            fs.write_bytes(f"s3://corpus/in/{f.name}", f.read_bytes())
-        plan, remote = _run(_recipe("s3://corpus/in", "s3://corpus/out"), tmp_path)
-        assert remote.out_dir == f"s3://corpus/out/snapshots/{plan.snapshot}"
-        manifest = load.load_manifest("s3://corpus/out")
-        assert [(s["path"], s["rows"], s["sha256"]) for s in remote.shards] == \
-               [(s["path"], s["rows"], s["sha256"]) for s in local.shards]
-        assert manifest["counts"] == local_manifest["counts"] and manifest["num_rows"] == 120
-        assert manifest["stages"]["decontaminate"]["dropped"] == local_manifest["stages"]["decontaminate"]["dropped"]
-        assert manifest["counts"]["total"]["quarantined"] == 1
-        assert manifest["stages"]["exact_dedup"]["dropped"] == {"duplicate": 3}
-        quarantine = load.read_shard(f"{remote.out_dir}/{manifest['quarantine'][0]['path']}")
-        assert quarantine.select(["source_file", "source_row"]).to_pylist() == [
-            {"source_file": "s3://corpus/in/pool.jsonl", "source_row": 404}]  # the URL and line
-        assert [x["path"] for x in manifest["inputs"]] == ["s3://corpus/in/pool.jsonl", "s3://corpus/in/math.parquet"]
-        assert [x["sha256"] for x in manifest["inputs"]] == [x["sha256"] for x in local_manifest["inputs"]]
-        paths = load.shard_paths("s3://corpus/out", verify="sha256")
-        assert paths == [f"{remote.out_dir}/{s['path']}" for s in remote.shards]
-        table = pa.concat_tables(load.read_shard(p) for p in paths)
-        assert table.equals(pa.concat_tables(load.read_shard(p) for p in load.shard_paths(str(tmp_path / "out"))))
-        assert load.load_hf("s3://corpus/out").num_rows == 120
-        assert not fs.exists(f"{remote.out_dir}/_work") and not fs.exists("s3://corpus/out/.thresher.lock")
-        with outdir.output_lock("s3://corpus/out"):  # the lock object, a conditional put on S3
-            with pytest.raises(outdir.OutputBusyError):
-                with outdir.output_lock("s3://corpus/out"):
-                    pass
-        # A second run (a smaller recipe, for time): a new snapshot, and LATEST moves to it; the
-        # first stays (keep_snapshots: 3).
-        second = {**_recipe("s3://corpus/in", "s3://corpus/out"), "stages": [{"type": "exact_dedup"}]}
-        plan2, _ = _run(second, tmp_path)
-        assert plan2.snapshot != plan.snapshot
-        assert fs.read_text("s3://corpus/out/LATEST") == f"snapshots/{plan2.snapshot}\n"
-        assert [s.id for s in snapshots.list_snapshots("s3://corpus/out")] == [plan.snapshot, plan2.snapshot]
-        assert load.load_manifest("s3://corpus/out")["snapshot"] == plan2.snapshot
+    make_bucket("corpus")
+    for f in sorted(data.iterdir()):
+        fs.write_bytes(f"s3://corpus/in/{f.name}", f.read_bytes())
+    plan, remote = _run(_recipe("s3://corpus/in", "s3://corpus/out"), tmp_path)
+    assert remote.out_dir == f"s3://corpus/out/snapshots/{plan.snapshot}"
+    manifest = load.load_manifest("s3://corpus/out")
+    assert [(s["path"], s["rows"], s["sha256"]) for s in remote.shards] == \
+           [(s["path"], s["rows"], s["sha256"]) for s in local.shards]
+    assert manifest["counts"] == local_manifest["counts"] and manifest["num_rows"] == 120
+    assert manifest["stages"]["decontaminate"]["dropped"] == local_manifest["stages"]["decontaminate"]["dropped"]
+    assert manifest["counts"]["total"]["quarantined"] == 1
+    assert manifest["stages"]["exact_dedup"]["dropped"] == {"duplicate": 3}
+    quarantine = load.read_shard(f"{remote.out_dir}/{manifest['quarantine'][0]['path']}")
+    assert quarantine.select(["source_file", "source_row"]).to_pylist() == [
+        {"source_file": "s3://corpus/in/pool.jsonl", "source_row": 404}]  # the URL and line
+    assert [x["path"] for x in manifest["inputs"]] == ["s3://corpus/in/pool.jsonl", "s3://corpus/in/math.parquet"]
+    assert [x["sha256"] for x in manifest["inputs"]] == [x["sha256"] for x in local_manifest["inputs"]]
+    paths = load.shard_paths("s3://corpus/out", verify="sha256")
+    assert paths == [f"{remote.out_dir}/{s['path']}" for s in remote.shards]
+    table = pa.concat_tables(load.read_shard(p) for p in paths)
+    assert table.equals(pa.concat_tables(load.read_shard(p) for p in load.shard_paths(str(tmp_path / "out"))))
+    assert load.load_hf("s3://corpus/out").num_rows == 120
+    assert not fs.exists(f"{remote.out_dir}/_work") and not fs.exists("s3://corpus/out/.thresher.lock")
+    with outdir.output_lock("s3://corpus/out"):  # the lock object, a conditional put on S3
+        with pytest.raises(outdir.OutputBusyError):
+            with outdir.output_lock("s3://corpus/out"):
+                pass
+    # A second run (a smaller recipe, for time): a new snapshot, and LATEST moves to it; the
+    # first stays (keep_snapshots: 3).
+    second = {**_recipe("s3://corpus/in", "s3://corpus/out"), "stages": [{"type": "exact_dedup"}]}
+    plan2, _ = _run(second, tmp_path)
+    assert plan2.snapshot != plan.snapshot
+    assert fs.read_text("s3://corpus/out/LATEST") == f"snapshots/{plan2.snapshot}\n"
+    assert [s.id for s in snapshots.list_snapshots("s3://corpus/out")] == [plan.snapshot, plan2.snapshot]
+    assert load.load_manifest("s3://corpus/out")["snapshot"] == plan2.snapshot
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith("s3:")]
     assert not (Path.cwd() / "s3:").exists() and not (Path(__file__).resolve().parents[2] / "s3:").exists()

@@ -5,7 +5,8 @@ processes, each its own OS process, as `dask scheduler` / `dask worker` start th
         recipe["runner"] = {"runner": "dask", "options": {"dask_client_address": address}}
 
 The workers import thresher from this interpreter's environment (the venv's editable install),
-as a cluster's workers must. Both processes are stopped by their PIDs afterwards.
+as a cluster's workers must. `env` is the processes' whole environment (default: this
+process's, at start). Both processes are stopped by their PIDs afterwards.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ def _wait_for_workers(address: str, n: int, procs: list[subprocess.Popen], timeo
 
 
 @contextmanager
-def dask_cluster(workers: int = 2, threads: int = 1, timeout_s: float = 90.0) -> Iterator[str]:
+def dask_cluster(workers: int = 2, threads: int = 1, timeout_s: float = 90.0,
+                 env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `dask scheduler` and `dask worker --nworkers N --nthreads T` on free loopback ports;
     yield the scheduler's address once all N workers have joined; stop both after."""
     exe = _dask_cli()
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     scheduler = subprocess.Popen([exe, "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                   "--no-dashboard"], **quiet)
     procs = [scheduler]
@@ -70,5 +72,8 @@ def dask_cluster(workers: int = 2, threads: int = 1, timeout_s: float = 90.0) ->
         _wait_for_workers(address, workers, procs, timeout_s)
         yield address
     finally:
+        for p in procs:  # all at once: each takes seconds to shut down gracefully
+            if p.poll() is None:
+                p.terminate()
         for p in reversed(procs):
             stop_process(p)
