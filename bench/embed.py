@@ -2,7 +2,7 @@
 of the same texts, and each fast backend's agreement with fp32 torch.
 
     .venv/bin/python bench/embed.py [--texts 1000] [--others 10000] [--rounds 2]
-        [--backends torch,onnx,openvino] [--device cpu] [--batch-size 64]
+        [--backends torch,onnx,onnx:fp32,openvino] [--device cpu] [--batch-size 64]
 
 Takes `--texts` documents spread over ../shared/data/general_pool (every k-th line, all
 sources; median ~50 words), then, in this one process:
@@ -10,11 +10,15 @@ sources; median ~50 words), then, in this one process:
 * plain    — `model.encode(texts, batch_size, normalize_embeddings=True)`, fp32 torch: the baseline;
 * stage:B  — for each backend B, the whole Beam pipeline (`run_pipeline`: read JSONL -> `embed`
   with `backend: B` -> write Arrow shards) on FnApiRunner, timed end to end, so Beam's and the
-  shard writer's overhead count against it. onnx/openvino run int8 (their default).
+  shard writer's overhead count against it. `B:precision` names a precision (`onnx:fp32`: the
+  fused fp32 export, what `backend: auto` runs on CPU); without one onnx/openvino run int8.
 
 Everything is warmed up first (models loaded and exported, Beam imported). Rounds rotate the
-order of the sides so drift on a shared machine hits them alike; sentences/s is total texts /
-total seconds per side. Then agreement: each fast backend's vectors of the `--texts` rows
+order of the sides (and reverse it every other round) so drift on a shared machine hits them
+alike; sentences/s is total texts / total seconds per side. CPU-seconds (this process, all its
+threads) are printed too: less noisy than wall time when other work shares the CPU, but they
+count torch's spin-waiting OpenMP threads against it, so they favour onnx (whose session does
+not spin): read both. Then agreement: each fast backend's vectors of the `--texts` rows
 against fp32 torch's (mean and min cosine; target mean >= 0.99), and whether each row's nearest
 neighbour among `--others` further pool rows is the same under both (target >= 98 %).
 """
@@ -53,7 +57,8 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
             fh.write(json.dumps({"id": r["id"], "text": r["text"]}) + "\n")
 
 
-def run_stage(path: Path, out: Path, device: str, batch_size: int, backend: str = "torch") -> tuple[float, dict]:
+def run_stage(path: Path, out: Path, device: str, batch_size: int, backend: str = "torch",
+              precision: str = "auto") -> tuple[float, float, dict]:
     from thresher.engine.build import run_pipeline
     from thresher.engine.plan import make_plan
     from thresher.recipe.load import validate_recipe
@@ -61,13 +66,13 @@ def run_stage(path: Path, out: Path, device: str, batch_size: int, backend: str 
     recipe = validate_recipe({
         "sources": [{"name": "bench", "paths": [str(path)], "id_field": "id"}],
         "stages": [{"type": "embed", "params": {"device": device, "batch_size": batch_size,
-                                                "backend": backend}}],
+                                                "backend": backend, "precision": precision}}],
         "output": {"dir": str(out)},
         "cache": {"enabled": False},  # every round computes: this measures the encoder, not the cache
     }, base_dir=str(path.parent))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = run_pipeline(make_plan(recipe))
-    return time.perf_counter() - t0, res.counters
+    return time.perf_counter() - t0, time.process_time() - c0, res.counters
 
 
 def agreement(fast, base, fast_others, base_others) -> tuple[float, float, float]:
@@ -78,12 +83,19 @@ def agreement(fast, base, fast_others, base_others) -> tuple[float, float, float
     return float(cos.mean()), float(cos.min()), float((nn_fast == nn_base).mean())
 
 
+def parse_backend(spec: str) -> tuple[str, str]:
+    """`onnx` -> (onnx, auto); `onnx:fp32` -> (onnx, fp32)."""
+    name, _, precision = spec.partition(":")
+    return name, precision or "auto"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=1000)
     ap.add_argument("--others", type=int, default=10000, help="pool rows the nearest neighbour is sought among")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--backends", default="torch,onnx,openvino")
+    ap.add_argument("--backends", default="torch,onnx,onnx:fp32,openvino",
+                    help="comma-separated backend[:precision] (precision default: the backend's own)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
@@ -106,38 +118,44 @@ def main() -> None:
     write_jsonl(warm, records[:16])
 
     model = load_model(None, args.device)
-    encoders = {b: load_model(None, args.device, backend=b) for b in backends}  # exports on first use
+    encoders = {b: load_model(None, args.device, backend=parse_backend(b)[0], precision=parse_backend(b)[1])
+                for b in backends}  # exports on first use
     encode_texts(model, texts[:16], args.batch_size)  # warm-up: first forward pass
     for b in backends:
-        run_stage(warm, tmp / f"out-warm-{b}", args.device, args.batch_size, b)  # warm-up: Beam, sessions
+        run_stage(warm, tmp / f"out-warm-{b}", args.device, args.batch_size, *parse_backend(b))  # Beam, sessions
 
     sides = ["plain"] + [f"stage:{b}" for b in backends]
-    total = dict.fromkeys(sides, 0.0)
+    wall = dict.fromkeys(sides, 0.0)
+    cpu = dict.fromkeys(sides, 0.0)
     encode_ms = dict.fromkeys(backends, 0)
     for r in range(args.rounds):
         order = sides[r % len(sides):] + sides[:r % len(sides)]
+        order = order if r % 2 == 0 else order[::-1]  # ABBA: each side early in one round, late in the next
         for side in order:
             if side == "plain":
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True,
                              convert_to_numpy=True, show_progress_bar=False)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
             else:
-                b = side.split(":")[1]
-                dt, counters = run_stage(data, tmp / f"out-{r}-{b}", args.device, args.batch_size, b)
+                b = side.split(":", 1)[1]
+                dt, dc, counters = run_stage(data, tmp / f"out-{r}-{b}", args.device, args.batch_size,
+                                             *parse_backend(b))
                 assert counters["embed/embedded/bench"] == len(texts), counters
                 encode_ms[b] += counters["embed/encode_ms"]
-            total[side] += dt
-            print(f"  round {r} {side:15s} {dt:7.1f} s  {len(texts) / dt:7.1f} sentences/s", flush=True)
+            wall[side] += dt
+            cpu[side] += dc
+            print(f"  round {r} {side:18s} {dt:7.1f} s wall {dc:7.1f} s CPU  {len(texts) / dt:7.1f} sentences/s",
+                  flush=True)
 
     n = len(texts) * args.rounds
-    plain = n / total["plain"]
-    print(f"plain fp32 SentenceTransformer.encode   : {plain:8.1f} sentences/s")
+    plain = n / wall["plain"]
+    print(f"plain fp32 SentenceTransformer.encode      : {plain:8.1f} sentences/s ({cpu['plain']:.1f} CPU-s)")
     for b in backends:
-        rate = n / total[f"stage:{b}"]
-        print(f"embed stage, backend {b:9s} (pipeline): {rate:8.1f} sentences/s, {rate / plain:5.2f}x plain "
-              f"(inside the model {encode_ms[b] / 1000:.1f} s of {total[f'stage:{b}']:.1f} s; "
-              f"target for the quantized backend >= 2.00x)")
+        rate = n / wall[f"stage:{b}"]
+        print(f"embed stage, backend {b:12s} (pipeline): {rate:8.1f} sentences/s, {rate / plain:5.2f}x plain "
+              f"wall, {cpu['plain'] / cpu[f'stage:{b}']:5.2f}x plain CPU-s (inside the model "
+              f"{encode_ms[b] / 1000:.1f} s of {wall[f'stage:{b}']:.1f} s; target for the quantized backend >= 2.00x)")
 
     fast = [b for b in backends if b != "torch"]
     if fast:
@@ -151,8 +169,8 @@ def main() -> None:
             ident = getattr(enc, "thresher_identity", {})
             v, vo = encode_texts(enc, texts), encode_texts(enc, others)
             mean, low, same_nn = agreement(v, base, vo, base_others)
-            print(f"  {b:9s} {ident.get('precision', '?'):5s}: mean cosine {mean:.4f} (min {low:.4f}), "
-                  f"same nearest neighbour {same_nn * 100:.1f} %  (targets >= 0.99, >= 98 %)")
+            print(f"  {b:12s} {ident.get('precision', '?'):5s}: mean cosine {mean:.4f} (min {low:.4f}), "
+                  f"same nearest neighbour {same_nn * 100:.1f} %  (targets >= 0.99, >= 98 %)", flush=True)
 
 
 if __name__ == "__main__":

@@ -95,9 +95,10 @@ def choose_backend(backend: str = "torch", device: str = "auto", precision: str 
     """(backend, precision, device) to run, or ValueError naming the conflict.
 
     CUDA: torch, fp16 unless fp32 is asked (onnx/openvino run on CPU here). CPU: `auto` is onnx
-    int8 when onnxruntime is installed (measured >= 2x fp32 torch at cosine >= 0.99 by
-    bench/embed.py; `load_model` also checks the export's agreement and steps back to fp32 /
-    torch if it misses the bar), else torch fp32 — so a machine without the `fast` extra runs.
+    when onnxruntime is installed, else torch fp32 — so a machine without the `fast` extra runs.
+    With onnx, `load_model` then runs the fastest export whose recorded calibration agreement
+    meets `embedding_backends.meets_bar` (int8, else fp32, else torch); for MiniLM that is fp32:
+    int8's nearest neighbours differ too often (bench/embed.py).
     """
     from thresher.models import embedding_backends as eb
 
@@ -159,7 +160,7 @@ def _load(path: str, backend: str, precision: str, dev: str, max_seq_length: int
             export = None
         agreement = eb.agreement_of(export) if export else {}
         if not strict:  # `auto`: the fastest export that meets the bar, else torch
-            precision = next((p for p in ("int8", "fp32") if agreement.get(p, 0) >= eb.AGREEMENT_BAR), None)
+            precision = next((p for p in ("int8", "fp32") if eb.meets_bar(agreement.get(p, {}))), None)
         if precision is not None:
             obj = eb.OnnxEncoder(export, precision, max_seq_length or agreement["max_seq_length"],
                                  runtime=backend)
