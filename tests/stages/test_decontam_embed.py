@@ -4,8 +4,12 @@ embedded) and reuse of item and window vectors through the row cache, on a stand
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import json
+import re
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,8 +49,9 @@ def test_overlap_threshold_and_per_row_limit():
     assert prefilter.candidate_windows(pf, [half], 0.2, 3)[0] == [half]  # short row: embedded whole
     both = ITEMS[1] + " " + FILLER * 4 + ITEMS[2]
     win, row = prefilter.candidate_windows(pf, [both], 0.5, 1)
-    # Best item only (a tie: the lower segment): its window, and that trimmed to its matched words.
-    assert win == [ITEMS[1], ITEMS[1][2:]] and row.tolist() == [0, 0]
+    # Best item only (a tie: the lower segment): its matched span ("robe" .. "total?"), and that
+    # run back to its sentence's start: the item itself.
+    assert win == [ITEMS[1][2:], ITEMS[1]] and row.tolist() == [0, 0]
 
 
 class BagModel:
@@ -64,7 +69,7 @@ class BagModel:
         self.encoded += list(texts)
         v = np.zeros((len(texts), 64), np.float32)
         for i, t in enumerate(texts):
-            for w in prefilter.content_words(t, prefilter._stop_words()) or ["empty"]:
+            for w in prefilter.content_words(t, prefilter.stop_words()) or ["empty"]:
                 v[i, zlib.crc32(w.encode()) % 64] += 1
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
@@ -80,6 +85,7 @@ def bag_model(monkeypatch):
     return model
 
 
+@pytest.mark.slow  # a Beam pipeline, twice (~2 s each on a quiet machine)
 def test_stage_embeds_only_candidates_and_reuses_vectors_from_the_cache(bag_model, tmp_path):
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps({"question": q}) + "\n" for q in ITEMS))
@@ -93,18 +99,152 @@ def test_stage_embeds_only_candidates_and_reuses_vectors_from_the_cache(bag_mode
     masked = mask_numbers(ITEMS)  # numbers are masked for the embedding method (its default)
     windows = [t for t in bag_model.encoded if t not in masked]
     assert len(bag_model.encoded) - len(windows) == 3 and mask_numbers([plant]) == [masked[2]]
-    # Around the plant only (the item's length; trimmed to matched words, which reach back to a
-    # "repairs" in the text before it); the clean rows were never embedded.
-    # The plant's window, masked, is the masked item itself: read back from the cache, not embedded.
-    assert windows == mask_numbers(["repairs " + plant])
+    # Around the plant only; the clean rows were never embedded. The span of the item's distinct
+    # words reaches back to a "repairs" in the text before the plant (as short as the span that
+    # ends on the plant's own "repairs."), alone and run on to its sentence's end; the window of
+    # the item's length is the plant, which masked is the masked item: read back from the cache.
+    tight = "repairs " + plant[:plant.index(" in 20000")]
+    assert windows == mask_numbers([tight, "repairs " + plant])
     got = dict(zip(first.kept.column("id").to_pylist(), first.kept.column("decontam_item").to_pylist(), strict=True))
     assert got == {"clean": None, "plant": "gsm8k/3", "short": None}
     assert first.kept.column("decontam_embed_score").to_pylist()[0] == 0.0  # ruled out by the prefilter
-    assert first.counters["decontaminate/cache/misses"] == 1 and first.counters["decontaminate/cache/hits"] == 1
+    assert first.counters["decontaminate/cache/misses"] == 2 and first.counters["decontaminate/cache/hits"] == 1
     bag_model.encoded.clear()
     second = run_stage(Decontaminate, pool, params, cache_dir=cache, out_dir=str(tmp_path / "o2"))
     assert bag_model.encoded == []  # items and windows all read back
-    assert second.counters["decontaminate/cache/hits"] == 2
+    assert second.counters["decontaminate/cache/hits"] == 3
     for c in ("decontam_embed_score", "decontam_item", "decontam_method"):
         assert second.kept.column(c).equals(first.kept.column(c))
     assert second.report["embedding"]["item_vectors_from_cache"] == 3
+
+
+def _stage(bench_file, cache_dir, out_dir):
+    from thresher.core.context import StageContext
+    from thresher.recipe.load import validate_recipe
+
+    recipe = validate_recipe({
+        "sources": [{"name": "pool", "paths": ["pool.jsonl"]}], "output": {"dir": str(out_dir)},
+        "stages": [{"type": "decontaminate", "params": {
+            "benchmarks": [{"preset": "gsm8k", "paths": [str(bench_file)], "id_field": None}],
+            "embed_threshold": 0.9}}]}, base_dir=str(out_dir))
+    ctx = StageContext(name="decontaminate", seed=0, out_dir=str(out_dir), work_dir=str(out_dir / "_work"),
+                       recipe=recipe, cache_dir=str(cache_dir))
+    stage = Decontaminate(recipe.stages[0].params, ctx)
+    stage.prepare()
+    return stage
+
+
+def test_item_vectors_are_cached_per_item_text_and_a_changed_benchmark_embeds_only_its_new_items(
+        bag_model, tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"question": q}) + "\n" for q in ITEMS))
+    cache = tmp_path / "cache"
+    first = _stage(bench, cache, tmp_path / "o1")
+    assert first.static["embedding"]["item_vectors_from_cache"] == 0 and len(bag_model.encoded) == 3
+    bag_model.encoded.clear()
+    again = _stage(bench, cache, tmp_path / "o2")
+    assert bag_model.encoded == [] and again.static["embedding"]["item_vectors_from_cache"] == 3
+    np.testing.assert_array_equal(again.benchmarks.item_vectors, first.benchmarks.item_vectors)
+    # One item reworded, one added: only those two are embedded; the set's other item is read back.
+    changed = [ITEMS[0], ITEMS[1].replace("robe", "gown"), ITEMS[2], "A new item about eleven purple kites."]
+    bench.write_text("".join(json.dumps({"question": q}) + "\n" for q in changed))
+    third = _stage(bench, cache, tmp_path / "o3")
+    assert bag_model.encoded == mask_numbers(changed[1:2] + changed[3:])
+    assert third.static["embedding"]["item_vectors_from_cache"] == 2
+    # Another encoder (here: another precision) is another namespace: nothing read back.
+    bag_model.thresher_identity = {**bag_model.thresher_identity, "precision": "fp32"}
+    bag_model.encoded.clear()
+    _stage(bench, cache, tmp_path / "o4")
+    assert len(bag_model.encoded) == 4
+
+
+def test_embedding_segments_skip_short_ones_and_those_another_segment_covers():
+    from thresher.stages.decontam.embedding import embedding_segments
+
+    texts = ["Which is true?",  # too few words
+             "Which planet in the solar system has the most moons today?",
+             "Which planet in the solar system has the most moons today? Saturn Jupiter",
+             "Which planet in the solar system has the most moons today? A. Saturn B. Jupiter",
+             "Which planet in the solar system has the most moons today? Saturn Jupiter"]
+    item = np.asarray([0, 0, 0, 0, 1])
+    # Item 0 is embedded once, with its choices (the question alone and the lettered copy have
+    # no word it lacks); item 1's identical text is another item's.
+    assert embedding_segments(texts, item, min_words=6).tolist() == [2, 4]
+    assert embedding_segments(texts[:2], item[:2], min_words=6).tolist() == [1]
+    assert embedding_segments(texts, item, min_words=20).tolist() == []
+
+
+HELD_OUT = json.loads((Path(__file__).parent / "data" / "heldout_paraphrases.json").read_text(encoding="utf-8"))
+
+
+def _change_numbers(text: str, rng) -> str:
+    """Every number replaced by another with as many digits."""
+    def other(m):
+        n = len(m.group(0))
+        return str((int(m.group(0)) + rng.randint(1, 9 * 10 ** (n - 1) - 1)) % (10 ** n)).zfill(n)
+    return re.sub(r"\d+", other, text)
+
+
+def _jsonl(path: Path, start: int = 0, stop: int | None = None) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in itertools.islice(fh, start, stop)]
+
+
+@pytest.mark.slow
+def test_real_model_finds_plants_and_held_out_paraphrases_in_pool_rows_without_false_positives(
+        shared_data, tmp_path):
+    """The bundled MiniLM (backend auto), GSM8K + MATH-500 items (the first 50 / 60), real pool
+    rows: number-substituted copies and the held-out paraphrases (written after the windows were
+    designed) put in the middle of real rows, next to clean pool rows and GSM8K *train* questions."""
+    pytest.importorskip("faiss")
+    import random
+
+    from thresher.stages.decontam.decontaminate import BEST_BENCHMARK
+    from thresher.testing.harness import make_batch
+
+    rng = random.Random(0)
+    pool = _jsonl(shared_data / "general_pool" / "pool.jsonl.gz", 30000, 33000)
+    clean = [{"id": f"clean/{i}", "text": r["text"]} for i, r in enumerate(pool[:300])]
+    paras = [r["text"].split() for r in pool[300:] if 90 <= len(r["text"].split()) <= 130]
+    hosts = [r["text"].split() for r in pool[300:] if 40 <= len(r["text"].split()) <= 200]
+    train = [{"id": f"train/{i}", "text": r["question"]}
+             for i, r in enumerate(_jsonl(shared_data / "gsm8k" / "train.jsonl.gz", 0, 150))]
+    gsm = _jsonl(shared_data / "gsm8k" / "test.jsonl.gz")[:50]
+    math = _jsonl(shared_data / "math500" / "test.jsonl.gz")[:60]
+    planted = []
+    for k, text in enumerate([r["question"] for r in gsm[:40:2]] + [r["problem"] for r in math[:60:3]]):
+        w = hosts[k]
+        planted.append({"id": f"plant/{k}", "text": " ".join(w[:len(w) // 2] + [_change_numbers(text, rng)]
+                                                          + w[len(w) // 2:])})
+    buried = []
+    for k, (item, t) in enumerate([(i, t) for b in ("gsm8k", "math500") for i, t in HELD_OUT[b].items()]):
+        w = paras[k]
+        buried.append({"id": f"buried/{item}", "text": " ".join(w[:len(w) // 2] + [t] + w[len(w) // 2:])})
+    stage = _stage_for(shared_data, tmp_path)
+    records = clean + train + planted + buried
+    got = dict(zip([r["id"] for r in records],
+                   stage.score(make_batch(records, "pool"))[BEST_BENCHMARK].to_pylist(), strict=True))
+    found = {kind: sum(got[r["id"]] is not None for r in rs)
+             for kind, rs in (("clean", clean), ("train", train), ("plant", planted), ("buried", buried))}
+    # Missed: two short MATH problems ("Find the roots of ...", "Write $\\frac{3}{20}$ as a
+    # decimal.": under 3 indexed content words or 6 words, left to the n-gram method) and two
+    # paraphrases MiniLM int8 scores under 0.85 even alone (0.81, 0.84).
+    assert (len(planted), len(buried)) == (40, 23)
+    assert found == {"clean": 0, "train": 0, "plant": 38, "buried": 21}
+
+
+def _stage_for(shared_data, out):
+    from thresher.core.context import StageContext
+    from thresher.recipe.load import validate_recipe
+
+    recipe = validate_recipe({
+        "sources": [{"name": "pool", "paths": ["pool.jsonl"]}], "output": {"dir": str(out)},
+        "stages": [{"type": "decontaminate", "params": {
+            "benchmarks": [{"preset": "gsm8k", "paths": [str(shared_data / "gsm8k" / "test.jsonl.gz")], "limit": 50},
+                           {"preset": "math500", "paths": [str(shared_data / "math500" / "test.jsonl.gz")],
+                            "limit": 60}],
+            "embed_threshold": 0.85, "embed_backend": "auto"}}]}, base_dir=str(out))
+    ctx = StageContext(name="decontaminate", seed=0, out_dir=str(out), work_dir=str(out / "_work"), recipe=recipe)
+    stage = Decontaminate(recipe.stages[0].params, ctx)
+    stage.prepare()
+    return stage

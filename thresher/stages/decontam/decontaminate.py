@@ -17,15 +17,21 @@ Cost: n-gram method, CPU only: benchmark files are read and indexed once, on the
      with NumPy (the shared `thresher.text` hasher) and looked up with a bitset filter and a
      binary search. Memory ~ benchmark size, not pool size; the index travels inside the
      pickled stage (Beam compresses it: ~15 s for the 46 MiB all-benchmark index, ~0 for
-     GSM8K alone). Embedding method: a word-overlap prefilter (`prefilter.py`: one sparse
-     product per batch) picks, per row, up to `embed_candidates` windows cut around the
-     regions that share at least `embed_prefilter` of an item's (IDF-weighted) content words;
-     only those are embedded (`embed_prefilter: null`: every row as `embed_window`/`embed_stride`
-     windows, the old way — one forward per window, GPU territory). Item vectors are embedded
-     on the driver; with the row cache (`ctx.cache_dir`) and a batch-invariant backend
-     (`embed_backend: onnx`/`openvino`/`auto` on CPU) item and window vectors are read back
-     from it on later runs (`cache/hits`, `cache/misses` count windows). The item vectors
-     are also written to `OUT/indexes/<stage>-benchmark-embeddings.npy` for the audit.
+     GSM8K alone). Embedding method: each item is embedded once (of its segments, those
+     whose content words another segment of it does not hold: MMLU's question with its
+     choices, not also the question alone or lettered; segments under `min_words` words or 2
+     content words are left to the n-gram method). A word-overlap prefilter (`prefilter.py`:
+     one sparse product per batch) picks, per row, the `embed_candidates` items that share at
+     least `embed_prefilter` of their (IDF-weighted) content words and 3 of them with the row,
+     and cuts a few windows around the span holding most of each item's distinct words (the
+     span; run on to the next sentence ends and back to its sentence's start; the item's own
+     length); only those are embedded, and a row scores its best window (`embed_prefilter:
+     null`: every row as `embed_window`/`embed_stride` windows, the old way — one forward per
+     window, GPU territory). Item vectors are embedded on the driver; with the row cache
+     (`ctx.cache_dir`) and a batch-invariant backend (`embed_backend: onnx`/`openvino`/`auto`
+     on CPU) item and window vectors are read back from it on later runs (`cache/hits`,
+     `cache/misses` count windows). The item vectors are also written to
+     `OUT/indexes/<stage>-benchmark-embeddings.npy` for the audit.
 
 Matching: word n-grams of normalised text (lowercase, apostrophes dropped, other punctuation
 and whitespace folded). A row is contaminated by an item segment when the fraction of the
@@ -102,8 +108,8 @@ class DecontaminateParams(StageParams):
     embed_mask_numbers: bool = Field(
         True, description="Embed items and windows with every number replaced by 0, so a copy with "
         "its numbers changed embeds as the item does (MiniLM scores such MATH copies ~0.75 unmasked).")
-    embed_candidates: int = Field(3, ge=1, description="With the prefilter: at most this many windows "
-                                  "(best-overlapping items) per row.")
+    embed_candidates: int = Field(3, ge=1, description="With the prefilter: windows are cut for at most "
+                                  "this many best-overlapping items per row (a few windows each).")
     embed_batch_size: int = Field(64, gt=0, description="Texts per model forward.")
     # 32/16 measured best of 64/32, 48/16 and 32/16 at finding a GSM8K paraphrase inside a
     # ~110-word paragraph (a wider window dilutes the item with the text around it).
@@ -135,6 +141,7 @@ class Prepared:
     index: ngrams.NgramIndex
     segs: Segments
     item_vectors: np.ndarray | None  # the embedding method's item embeddings, else None
+    embed_seg: np.ndarray | None = None  # the segment each item vector is of
 
     def __post_init__(self) -> None:
         self.item_ids = np.asarray(self.segs.item_id, dtype=object)
@@ -157,7 +164,8 @@ class Decontaminate(Selector):
     type_name = "decontaminate"
     Params = DecontaminateParams
     cost = ("CPU: normalise + hash every word, NumPy n-gram lookups; memory ~ benchmark n-grams. "
-            "Embedding method: one model forward per row window (GPU for big pools).")
+            "Embedding method: one model forward per benchmark item (cached across runs) and per "
+            "window the word-overlap prefilter cuts (a few per row it lets through).")
     internal_columns = (AUDIT, BEST_BENCHMARK)
     worker_state = ("benchmarks",)  # the indexes: scoring needs them, decide and report do not
 
@@ -187,14 +195,16 @@ class Decontaminate(Selector):
         p = self.params
         segs = load_segments(self.ctx.recipe, p.benchmarks)
         index = ngrams.build_index(segs.text, segs.item, p.n, p.min_words, p.max_matches)
-        vectors = None
+        vectors = embed_seg = None
         artifacts: list[str] = []
         if p.embed_threshold is not None:
             rel = f"indexes/{self.name}-benchmark-embeddings.npy"
             model = self._load_model()
-            texts = embedding.mask_numbers(segs.text) if p.embed_mask_numbers else list(segs.text)
+            embed_seg = embedding.embedding_segments(segs.text, segs.item, p.min_words)
+            texts = [segs.text[i] for i in embed_seg]
+            texts = embedding.mask_numbers(texts) if p.embed_mask_numbers else texts
             vectors, item_hits = embedding.item_embeddings(model, texts, self.ctx.cache_dir, p.embed_batch_size)
-            embedding.save_item_embeddings(vectors, model, os.path.join(self.ctx.out_dir, rel))
+            embedding.save_item_embeddings(vectors, model, os.path.join(self.ctx.out_dir, rel), embed_seg)
             artifacts += [rel, rel + ".json"]
         seg_words = np.diff(ngrams.split_words(pa.array(segs.text, pa.string())).offsets)
         static = {
@@ -205,7 +215,7 @@ class Decontaminate(Selector):
                 "threshold": p.embed_threshold, "model": p.embed_model, "window": p.embed_window,
                 "stride": p.embed_stride, "index_bytes": int(vectors.nbytes), "backend": p.embed_backend,
                 "prefilter": p.embed_prefilter, "candidates": p.embed_candidates,
-                "mask_numbers": p.embed_mask_numbers,
+                "mask_numbers": p.embed_mask_numbers, "segments_embedded": len(embed_seg),
                 "item_vectors_from_cache": item_hits},
             "index": {"ngrams": int(len(index.keys)), "bytes": index.nbytes,
                       "segments": len(segs.text), "segments_too_short": int((seg_words < p.min_words).sum()),
@@ -214,7 +224,7 @@ class Decontaminate(Selector):
             "unreadable": segs.unreadable,
             "artifacts": artifacts,
         }
-        self.benchmarks, self.static = Prepared(index, segs, vectors), static
+        self.benchmarks, self.static = Prepared(index, segs, vectors, embed_seg), static
 
     def setup(self) -> None:
         if self.benchmarks is None:  # called directly (bench/, unit tests), not by the template
@@ -225,7 +235,8 @@ class Decontaminate(Selector):
             self._faiss = embedding.build_index(self.benchmarks.item_vectors)
             self._cache = embedding_cache.open_cache(self.ctx.cache_dir, self._model, True)
             if p.embed_prefilter is not None:
-                self._prefilter = prefilter.build(self.benchmarks.segs.text)
+                segs = self.benchmarks.segs
+                self._prefilter = prefilter.build([segs.text[i] for i in self.benchmarks.embed_seg])
 
     def _load_model(self):
         p = self.params
@@ -293,7 +304,8 @@ class Decontaminate(Selector):
         w = order[first]
         w = w[sim[w] >= p.embed_threshold]
         spans = np.asarray([win_texts[i][: p.span_chars] for i in w], dtype=object)
-        return best, self.benchmarks.entries(win_row[w], idx[w].astype(np.int64), "embedding", sim[w], spans)
+        seg = self.benchmarks.embed_seg[idx[w]].astype(np.int64)
+        return best, self.benchmarks.entries(win_row[w], seg, "embedding", sim[w], spans)
 
     def decide(self, batch: pa.RecordBatch):
         bench = batch.column(BEST_BENCHMARK).to_pylist()

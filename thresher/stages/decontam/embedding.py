@@ -16,6 +16,7 @@ import numpy as np
 
 from thresher.io.atomic import write_atomic, write_bytes_atomic
 from thresher.models import embedding_cache, embeddings, faiss_index
+from thresher.stages.decontam import prefilter
 
 
 def model_problem(model: str | None) -> str | None:
@@ -41,6 +42,29 @@ _NUMBER = re.compile(r"\d+")
 def mask_numbers(texts: list[str]) -> list[str]:
     """Every run of digits replaced by "0": the number-blind text the embedding method compares."""
     return [_NUMBER.sub("0", t) for t in texts]
+
+
+def embedding_segments(texts: list[str], item: np.ndarray, min_words: int, min_content: int = 2) -> np.ndarray:
+    """Which benchmark segments the embedding method embeds (their indices): those of at least
+    `min_words` words and `min_content` content words (a vector of "Which of the following is
+    true?" is near every short question), and of an item's segments only those whose content
+    words are not all in another of its segments: MMLU's question alone and with its choices,
+    bare or lettered, are one item, embedded once (as the question with its choices), while
+    HumanEval's prompt and solution are two."""
+    stop = prefilter.stop_words()
+    words = [frozenset(prefilter.content_words(t, stop)) for t in texts]
+    ok = [len(t.split()) >= min_words and len(w) >= min_content for t, w in zip(texts, words, strict=True)]
+    keep: list[int] = []
+    by_item: dict[int, list[int]] = {}
+    for s in range(len(texts)):
+        if ok[s]:
+            by_item.setdefault(int(item[s]), []).append(s)
+    for segs in by_item.values():
+        for s in segs:
+            # covered: another segment has all its words and more, or the same words and comes first
+            if not any(words[s] < words[o] or (words[s] == words[o] and o < s) for o in segs if o != s):
+                keep.append(s)
+    return np.asarray(sorted(keep), np.int64)
 
 
 def build_index(vectors: np.ndarray) -> Any:
@@ -88,8 +112,10 @@ def item_embeddings(model_obj: Any, texts: list[str], cache_dir: str | None,
     return np.ascontiguousarray(vecs, np.float32), hits
 
 
-def save_item_embeddings(vectors: np.ndarray, model_obj: Any, path: str) -> None:
-    """The item vectors as an artifact (.npy + .json naming the encoder), for the audit."""
+def save_item_embeddings(vectors: np.ndarray, model_obj: Any, path: str, segments: np.ndarray) -> None:
+    """The item vectors as an artifact (.npy + .json naming the encoder and, for each vector,
+    the benchmark segment it embeds), for the audit."""
     write_atomic(path, lambda fh: np.save(fh, vectors))
-    meta = {"items": len(vectors), "encoder": embeddings.identity_of(model_obj)}
+    meta = {"items": len(vectors), "encoder": embeddings.identity_of(model_obj),
+            "segments": [int(s) for s in segments]}
     write_bytes_atomic(path + ".json", json.dumps(meta, sort_keys=True, default=str).encode())
