@@ -238,6 +238,12 @@ def main() -> None:
     fp_train = [flagged[r["id"]] is not None for r in rows if r["id"].startswith("train/")]
     print(f"false positives: clean rows {np.mean(fp_clean) * 100:.3f} % ({sum(fp_clean)}/{len(fp_clean)}), "
           f"GSM8K train {np.mean(fp_train) * 100:.2f} % ({sum(fp_train)}/{len(fp_train)})")
+    # Each flagged GSM8K-train row with what flagged it: a train question that is a near-copy
+    # of a test one (GSM8K has some) is a true find, not a false positive; read them to judge.
+    text_of = {r["id"]: r["text"] for r in rows}
+    for rid in [r["id"] for r in rows if r["id"].startswith("train/") and flagged[r["id"]] is not None]:
+        print(f"  flagged {rid} ({flagged[rid]}; best window {SCORES.get(rid, float('nan')):.3f}): "
+              f"{text_of[rid][:160]!r}")
 
 
 if __name__ == "__main__":
