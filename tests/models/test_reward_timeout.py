@@ -57,7 +57,11 @@ def test_a_hanging_expression_times_out_in_a_worker_thread_and_the_worker_is_rep
     reward = MathReward(timeout_s=2.0)  # room for the other two pairs on a busy machine
     reward.grade("\\boxed{1}", "1")  # a warm worker
     before = reward_workers()
-    assert 1 <= len(before) <= POOL_SIZE
+    # Precondition, not a formality: with no live worker (or a leaked extra one) the kill-and-
+    # replace check below would prove nothing. The pool is per process, so earlier tests may
+    # have started up to POOL_SIZE; each must be running, none a zombie.
+    assert before, "grading a pair left no worker process running"
+    assert len(before) <= POOL_SIZE and "Z" not in before.values(), before
     result = []
     th = threading.Thread(target=lambda: result.append(
         reward.grade_many([("\\boxed{2}", "2"), (HANGS, "1"), ("The answer is 5.", "5")])))
