@@ -3,6 +3,7 @@ of the same texts, and each fast backend's agreement with fp32 torch.
 
     .venv/bin/python bench/embed.py [--texts 1000] [--others 10000] [--rounds 2]
         [--backends torch,onnx,onnx:fp32,openvino] [--device cpu] [--batch-size 64]
+        [--batch-rows 4096] [--sort-rows 32768]
 
 Takes `--texts` documents spread over ../shared/data/general_pool (every k-th line, all
 sources; median ~50 words), then, in this one process:
@@ -11,7 +12,15 @@ sources; median ~50 words), then, in this one process:
 * stage:B  — for each backend B, the whole Beam pipeline (`run_pipeline`: read JSONL -> `embed`
   with `backend: B` -> write Arrow shards) on FnApiRunner, timed end to end, so Beam's and the
   shard writer's overhead count against it. `B:precision` names a precision (`onnx:fp32`: the
-  fused fp32 export, what `backend: auto` runs on CPU); without one onnx/openvino run int8.
+  fused fp32 export, what `backend: auto` runs on CPU); without one onnx runs int8, openvino fp32.
+  `--batch-rows` sets the recipe's rows per record batch; `--sort-rows 0,32768` runs each torch
+  side once per value of the stage's `sort_rows` (0: each record batch encoded alone, its texts
+  ordered by tokens; 32768: consecutive batches of a bundle encoded together).
+
+With a torch side it also prints the token positions each side computes (plain `encode` orders
+texts by characters; the stage by tokens, per record batch or across them) — the work saved,
+free of the machine's load — and how far the stage's ordering moves torch's vectors from plain
+`encode`'s (max abs difference on the first `--diff-texts` texts).
 
 Everything is warmed up first (models loaded and exported, Beam imported). Rounds rotate the
 order of the sides (and reverse it every other round) so drift on a shared machine hits them
@@ -58,7 +67,8 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def run_stage(path: Path, out: Path, device: str, batch_size: int, backend: str = "torch",
-              precision: str = "auto") -> tuple[float, float, dict]:
+              precision: str = "auto", sort_rows: int | None = None,
+              batch_rows: int = 4096) -> tuple[float, float, dict]:
     from thresher.engine.build import run_pipeline
     from thresher.engine.plan import make_plan
     from thresher.recipe.load import validate_recipe
@@ -66,8 +76,9 @@ def run_stage(path: Path, out: Path, device: str, batch_size: int, backend: str 
     recipe = validate_recipe({
         "sources": [{"name": "bench", "paths": [str(path)], "id_field": "id"}],
         "stages": [{"type": "embed", "params": {"device": device, "batch_size": batch_size,
-                                                "backend": backend, "precision": precision}}],
-        "output": {"dir": str(out)},
+                                                "backend": backend, "precision": precision,
+                                                **({} if sort_rows is None else {"sort_rows": sort_rows})}}],
+        "output": {"dir": str(out)}, "batch_rows": batch_rows,
         "cache": {"enabled": False},  # every round computes: this measures the encoder, not the cache
     }, base_dir=str(path.parent))
     t0, c0 = time.perf_counter(), time.process_time()
@@ -83,10 +94,28 @@ def agreement(fast, base, fast_others, base_others) -> tuple[float, float, float
     return float(cos.mean()), float(cos.min()), float((nn_fast == nn_base).mean())
 
 
+def padded_tokens(texts: list[str], tokens: list[int], batch_size: int, by_tokens: bool = False) -> int:
+    """Token positions computed when the texts are ordered longest first — by characters (what
+    `SentenceTransformer.encode` does) or by tokens (`encode_by_tokens`) — and cut into
+    mini-batches, each padded to its longest text in tokens."""
+    key = tokens if by_tokens else [len(t) for t in texts]
+    ordered = [tokens[i] for i in np.argsort([-k for k in key], kind="stable")]
+    return sum(max(ordered[i:i + batch_size]) * len(ordered[i:i + batch_size])
+               for i in range(0, len(ordered), batch_size))
+
+
 def parse_backend(spec: str) -> tuple[str, str]:
-    """`onnx` -> (onnx, auto); `onnx:fp32` -> (onnx, fp32)."""
-    name, _, precision = spec.partition(":")
+    """`onnx` -> (onnx, auto); `onnx:fp32` -> (onnx, fp32); `torch@0` -> (torch, auto) (the
+    `@sort_rows` suffix is read by `parse_side`)."""
+    name, _, precision = spec.split("@")[0].partition(":")
     return name, precision or "auto"
+
+
+def parse_side(spec: str) -> dict:
+    """A stage side's run_stage keywords: backend, precision and (`@N`) sort_rows."""
+    backend, precision = parse_backend(spec)
+    _, at, rows = spec.partition("@")
+    return {"backend": backend, "precision": precision, **({"sort_rows": int(rows)} if at else {})}
 
 
 def main() -> None:
@@ -98,18 +127,28 @@ def main() -> None:
                     help="comma-separated backend[:precision] (precision default: the backend's own)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-rows", type=int, default=4096, help="the recipe's rows per record batch")
+    ap.add_argument("--diff-texts", type=int, default=300,
+                    help="texts whose torch vectors are compared, stage ordering vs plain encode")
+    ap.add_argument("--sort-rows", default="",
+                    help="comma-separated `sort_rows` values: each torch side runs once per value "
+                         "(default: the stage's own)")
     args = ap.parse_args()
 
-    from thresher.models.embeddings import encode_texts, load_model
+    from thresher.models.embeddings import encode_by_tokens, encode_texts, load_model
 
     backends = [b for b in args.backends.split(",") if b]
+    sort_rows = [int(x) for x in args.sort_rows.split(",") if x]
+    if sort_rows:  # a torch side per sort_rows value: `torch@0`, `torch@32768`
+        backends = [f"{b}@{n}" for b in backends for n in (sort_rows if parse_backend(b)[0] == "torch" else [None])]
+        backends = [b.removesuffix("@None") for b in backends]
     records = pick_texts(args.texts + args.others)
     others = [r["text"] for r in records[args.texts:]]
     records = records[:args.texts]
     texts = [r["text"] for r in records]
     words = sorted(len(t.split()) for t in texts)
     print(f"{len(texts)} texts from general_pool, median {words[len(words) // 2]} words; "
-          f"device {args.device}, batch_size {args.batch_size}, torch threads "
+          f"device {args.device}, batch_size {args.batch_size}, batch_rows {args.batch_rows}, torch threads "
           f"{__import__('torch').get_num_threads()}, backends {backends}")
     tmp = Path(tempfile.mkdtemp(prefix="thresher-bench-embed-"))
     data = tmp / "texts.jsonl"
@@ -119,10 +158,10 @@ def main() -> None:
 
     model = load_model(None, args.device)
     encoders = {b: load_model(None, args.device, backend=parse_backend(b)[0], precision=parse_backend(b)[1])
-                for b in backends}  # exports on first use
+                for b in backends if "@" not in b}  # exports on first use
     encode_texts(model, texts[:16], args.batch_size)  # warm-up: first forward pass
     for b in backends:
-        run_stage(warm, tmp / f"out-warm-{b}", args.device, args.batch_size, *parse_backend(b))  # Beam, sessions
+        run_stage(warm, tmp / f"out-warm-{b}", args.device, args.batch_size, **parse_side(b))  # Beam, sessions
 
     sides = ["plain"] + [f"stage:{b}" for b in backends]
     wall = dict.fromkeys(sides, 0.0)
@@ -140,7 +179,7 @@ def main() -> None:
             else:
                 b = side.split(":", 1)[1]
                 dt, dc, counters = run_stage(data, tmp / f"out-{r}-{b}", args.device, args.batch_size,
-                                             *parse_backend(b))
+                                             batch_rows=args.batch_rows, **parse_side(b))
                 assert counters["embed/embedded/bench"] == len(texts), counters
                 encode_ms[b] += counters["embed/encode_ms"]
             wall[side] += dt
@@ -157,7 +196,35 @@ def main() -> None:
               f"wall, {cpu['plain'] / cpu[f'stage:{b}']:5.2f}x plain CPU-s (inside the model "
               f"{encode_ms[b] / 1000:.1f} s of {wall[f'stage:{b}']:.1f} s; target for the quantized backend >= 2.00x)")
 
-    fast = [b for b in backends if b != "torch"]
+    if any(parse_backend(b)[0] == "torch" for b in backends):
+        # The work each side does, independent of the machine's load: token positions computed
+        # (each mini-batch padded to its longest text). plain: one encode call, which orders the
+        # texts by characters; the stage: ordered by tokens (`encode_by_tokens`), per record batch
+        # (sort_rows 0) or across batches (sort_rows >= the rows here).
+        lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True,
+                                                       max_length=model.max_seq_length)["input_ids"]]
+        chunks = [range(i, min(i + args.batch_rows, len(texts))) for i in range(0, len(texts), args.batch_rows)]
+        plain_pos = padded_tokens(texts, lengths, args.batch_size)
+        per_batch = sum(padded_tokens([texts[i] for i in c], [lengths[i] for i in c], args.batch_size,
+                                      by_tokens=True) for c in chunks)
+        across = padded_tokens(texts, lengths, args.batch_size, by_tokens=True)
+        real = sum(lengths)
+        print(f"token positions computed ({real} real tokens): plain {plain_pos / real:.3f}x; stage ordered by "
+              f"tokens within each {args.batch_rows}-row record batch {per_batch / real:.3f}x, across all "
+              f"{len(texts)} rows {across / real:.3f}x")
+    few = texts[:args.diff_texts] if any(parse_backend(b)[0] == "torch" for b in backends) else []
+    if few:
+        # What the ordering changes in the vectors: torch pads each mini-batch to its longest text,
+        # so a row's vector moves in the last bits with the texts batched beside it.
+        plain_v = encode_texts(model, few, args.batch_size)
+        across_v = encode_by_tokens(model, few, args.batch_size)
+        per_v = np.concatenate([encode_by_tokens(model, few[i:i + args.batch_rows], args.batch_size)
+                                for i in range(0, len(few), args.batch_rows)])
+        for name, v in (("stage across batches", across_v), (f"stage per {args.batch_rows}-row batch", per_v)):
+            print(f"torch vectors of the first {len(few)} texts, {name} vs plain encode: max abs difference "
+                  f"{np.abs(v - plain_v).max():.2e}, min cosine {(v * plain_v).sum(1).min():.7f}")
+
+    fast = [b for b in backends if parse_backend(b)[0] != "torch"]
     if fast:
         t0 = time.perf_counter()
         base = encode_texts(model, texts, args.batch_size)

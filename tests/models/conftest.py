@@ -27,6 +27,12 @@ def paraphrase_sources() -> list[str]:
     return [s for s, _ in PARAPHRASES]
 
 
+# The embedding backends the model tests run on: id -> (backend, precision). openvino runs the
+# fp32 file only (its ONNX reader has no com.microsoft.QAttention, the int8 file's fused attention).
+BACKENDS = {"torch": ("torch", "fp32"), "onnx-fp32": ("onnx", "fp32"), "onnx-int8": ("onnx", "int8"),
+            "openvino-fp32": ("openvino", "fp32")}
+
+
 @pytest.fixture(scope="session")
 def corpus(shared_data):
     """(rows, their embeddings, the paraphrases' embeddings): 150 short rows plus the
@@ -38,3 +44,26 @@ def corpus(shared_data):
     vectors = embeddings.encode_texts(model, [r["text"] for r in rows], batch_size=64)
     queries = embeddings.encode_texts(model, [p for _, p in PARAPHRASES])
     return rows, vectors, queries
+
+
+@pytest.fixture(scope="session")
+def encoded(corpus):
+    """backend id (`BACKENDS`) -> (rows' vectors, paraphrases' vectors) of `corpus` on that
+    backend, each encoded once a session; a backend this machine lacks skips the test. The
+    onnx/openvino export comes from the user's export cache (made there once, ~40 s)."""
+    from thresher.models import embedding_backends, embeddings
+
+    rows, vectors, queries = corpus
+    done = {"torch": (vectors, queries)}
+
+    def get(name: str):
+        if name not in done:
+            backend, precision = BACKENDS[name]
+            if embedding_backends.backend_problem(backend):
+                pytest.skip(embedding_backends.backend_problem(backend))
+            model = embeddings.load_model(None, "cpu", backend=backend, precision=precision)
+            done[name] = (embeddings.encode_texts(model, [r["text"] for r in rows]),
+                          embeddings.encode_texts(model, [p for _, p in PARAPHRASES]))
+        return done[name]
+
+    return get

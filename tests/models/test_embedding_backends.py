@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 
-from tests.models.conftest import PARAPHRASES
 from thresher.io.row_cache import RowCache
 from thresher.models import embedding_backends, embedding_cache, embeddings, onnx_export
 
@@ -66,6 +65,9 @@ def test_backend_choice(monkeypatch):
     assert embeddings.choose_backend("torch", "cuda", "fp32") == ("torch", "fp32", "cuda")
     assert embeddings.choose_backend("auto", "cpu") == ("onnx", "int8", "cpu")
     assert embeddings.choose_backend("openvino", "cpu", "fp32") == ("openvino", "fp32", "cpu")
+    assert embeddings.choose_backend("openvino", "cpu") == ("openvino", "fp32", "cpu")
+    with pytest.raises(ValueError, match="OpenVINO cannot read the int8 export"):
+        embeddings.choose_backend("openvino", "cpu", "int8")
     assert embeddings.choose_backend("torch", "cpu") == ("torch", "fp32", "cpu")
     with pytest.raises(ValueError, match="runs on CPU only here"):
         embeddings.choose_backend("onnx", "cuda")
@@ -190,31 +192,28 @@ def test_matmul_roles_are_read_from_the_graph():
 
 
 @pytest.mark.slow
-def test_onnx_exports_agree_with_fp32_torch_and_ignore_batch_makeup(corpus, paraphrase_sources):
+def test_onnx_exports_agree_with_fp32_torch_and_ignore_batch_makeup(corpus, encoded):
     """The real export (made once per machine in the user export cache, ~40 s the first time) on
     150 real pool rows, against fp32 torch: int8 within the issue's cosine bar, fp32 (what
-    `auto` runs) the same vectors; both find every paraphrase's source. Bars from bench/embed.py,
-    with margin."""
+    `auto` runs) the same vectors. Bars from bench/embed.py, with margin. (The paraphrase test
+    on each backend: tests/models/test_embeddings.py.)"""
     pytest.importorskip("onnxruntime")
-    rows, vectors, queries = corpus
+    rows, vectors, _ = corpus
     texts = [r["text"] for r in rows]
-    ids = [r["id"] for r in rows]
     bars = {"int8": (0.99, 0.97, 0.85), "fp32": (0.99999, 0.9999, 1.0)}  # mean, min cosine; neighbours
     for precision, (mean, low, neighbours) in bars.items():
         model = embeddings.load_model(None, "cpu", backend="onnx", precision=precision)
-        got = embeddings.encode_texts(model, texts)
+        got = encoded(f"onnx-{precision}")[0]
         cos = (got * vectors).sum(1)
         assert cos.mean() >= mean and cos.min() >= low, (precision, cos.mean(), cos.min())
         assert embedding_backends.agreement(got, vectors)["neighbours"] >= neighbours, precision
         # A row's vector is the same alone, in another order, or next to other rows: cache-safe.
         alone = np.concatenate([embeddings.encode_texts(model, [t]) for t in texts[:5]])
         assert alone.tobytes() == got[:5].tobytes()
-        assert embeddings.encode_texts(model, texts[::-1])[::-1].tobytes() == got.tobytes()
-        # The paraphrase test of tests/models/test_embeddings.py, on this backend.
-        sims = embeddings.encode_texts(model, [p for _, p in PARAPHRASES]) @ got.T
-        assert [ids[p] for p in sims.argmax(1)] == paraphrase_sources, precision
-        top2 = np.sort(sims, axis=1)[:, -2:]
-        assert (top2[:, 1] - top2[:, 0] > 0.1).all(), (precision, top2)
+        assert embeddings.encode_texts(model, texts[:40][::-1])[::-1].tobytes() == got[:40].tobytes()
+    if embedding_backends.backend_problem("openvino") is None:
+        # openvino runs the same fp32 file: the same vectors, to float rounding.
+        np.testing.assert_allclose(encoded("openvino-fp32")[0], encoded("onnx-fp32")[0], atol=1e-5)
     # The export's own record, which `auto` reads: fp32 passes, int8 (mean cosine ~0.994) not.
     record = embedding_backends.agreement_of(os.path.join(embedding_backends.export_root(),
                                                           model.thresher_identity["export"]))

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tests.models.conftest import BACKENDS
 from thresher.models import embeddings, faiss_index
 
 
@@ -56,6 +57,43 @@ def test_to_numpy_refuses_what_is_not_an_embedding_column():
         embeddings.to_numpy(pa.array([[1.0, 2.0], None], col.type))
 
 
+class TokenModel:
+    """A torch-like stand-in with a tokenizer: one token per word plus [CLS]/[SEP], truncated."""
+
+    max_seq_length = 6
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def tokenizer(self, texts, truncation, max_length):
+        return {"input_ids": [([0] * (len(t.split()) + 2))[:max_length] for t in texts]}
+
+    def encode(self, texts, batch_size, normalize_embeddings, convert_to_numpy, show_progress_bar):
+        self.calls.append(list(texts))
+        return np.array([[len(t), t.count("x") + 1.0] for t in texts], np.float32)
+
+    def get_sentence_embedding_dimension(self):
+        return 2
+
+
+def test_encode_by_tokens_cuts_mini_batches_from_the_token_order():
+    # Character order (what SentenceTransformer.encode uses) would pair the long-word texts with
+    # the 5-word ones; token order pairs texts of equal token counts. Ties keep input order.
+    texts = ["a b c d e", "x", "verylongword", "p q r s t", "xx yy", "m n"]
+    model = TokenModel()
+    out = embeddings.encode_by_tokens(model, texts, batch_size=2)
+    assert model.calls == [["a b c d e", "p q r s t"], ["xx yy", "m n"], ["x", "verylongword"]]
+    np.testing.assert_array_equal(out, model.encode(texts, 2, True, True, False))  # input order back
+    # Truncation counts: 9 words and 5 words both fill max_seq_length (6 tokens): a tie.
+    model.calls.clear()
+    embeddings.encode_by_tokens(model, ["1 2 3 4 5 6 7 8 9", "x y", "a b c d e"], batch_size=2)
+    assert model.calls[0] == ["1 2 3 4 5 6 7 8 9", "a b c d e"]
+    # No more texts than one mini-batch: one plain encode call (no tokenizer: tests/stages/test_embed.py).
+    model.calls.clear()
+    embeddings.encode_by_tokens(model, ["b", "a a"], batch_size=2)
+    assert model.calls == [["b", "a a"]]
+
+
 @pytest.mark.slow
 def test_model_is_loaded_once_per_process():
     assert embeddings.load_model(None, "cpu") is embeddings.load_model("default", "cpu")
@@ -69,8 +107,10 @@ def test_embeddings_are_normalised_float32(corpus):
 
 
 @pytest.mark.slow
-def test_nearest_neighbour_of_a_paraphrase_is_its_source(corpus, paraphrase_sources):
-    rows, vectors, queries = corpus
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_nearest_neighbour_of_a_paraphrase_is_its_source(corpus, encoded, paraphrase_sources, backend):
+    rows = corpus[0]
+    vectors, queries = encoded(backend)
     index = faiss_index.build_index(vectors, "flat")
     scores, pos = faiss_index.search(index, queries, 3)
     ids = [r["id"] for r in rows]

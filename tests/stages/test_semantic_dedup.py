@@ -1,5 +1,6 @@
 """`semantic_dedup`: the greedy walk and the hooks on hand-made vectors (fast); planted
-near-duplicates of real general_pool rows go, distinct rows stay (real model, slow)."""
+near-duplicates of real general_pool rows go, distinct rows stay (real model on each embedding
+backend, slow)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from tests._general_pool import short_rows, write_jsonl
 from tests.conftest import run_recipe
 from thresher.core.context import StageContext
-from thresher.models import embeddings
+from thresher.models import embedding_backends, embeddings
 from thresher.recipe.schema import Recipe, RecipeError
 from thresher.stages.dedup.semantic_dedup import SemanticDedup, dedup_cluster, greedy_dedup, train_kmeans
 from thresher.testing.harness import make_batch, run_stage
@@ -162,8 +163,26 @@ def _read(out_dir, infos):
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+# The `embed` stage's backends. The fp32 export gives torch's vectors to ~1e-7; int8 moves them
+# (mean cosine ~0.994 to fp32) by more than this test's closest planted pair allows, which is why
+# `backend: auto` never picks int8 on MiniLM (embedding_backends.meets_bar). openvino runs the
+# same fp32 file as onnx (the same vectors: tests/models/test_embedding_backends.py), at ~2x
+# onnx's time here, so it is not run again on this recipe.
+INT8_MISSES = ("int8 moves planted-6 (one word dropped from the middle of its original) to cosine 0.8995 from "
+               "its original, under the 0.9 threshold (eps 0.1): kept; torch and the fp32 exports give 0.9037")
+BACKENDS = [
+    pytest.param({}, id="torch"),
+    pytest.param({"backend": "onnx", "precision": "fp32"}, id="onnx-fp32"),
+    pytest.param({"backend": "onnx", "precision": "int8"}, id="onnx-int8",
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=INT8_MISSES)),
+]
+
+
 @pytest.mark.slow
-def test_planted_near_duplicates_are_dropped_and_distinct_rows_kept(shared_data, tmp_path):
+@pytest.mark.parametrize("embed_params", BACKENDS)
+def test_planted_near_duplicates_are_dropped_and_distinct_rows_kept(shared_data, tmp_path, embed_params):
+    if embed_params and embedding_backends.backend_problem(embed_params["backend"]):
+        pytest.skip(embedding_backends.backend_problem(embed_params["backend"]))
     rows = short_rows(shared_data, 150)
     sources = rows[::10][:12]
     planted = [{"id": f"planted-{i}", "text": _edit(r["text"], i)} for i, r in enumerate(sources)]
@@ -176,7 +195,7 @@ def test_planted_near_duplicates_are_dropped_and_distinct_rows_kept(shared_data,
     recipe = {
         "seed": 7,
         "sources": [{"name": "pool", "paths": ["in.jsonl"], "id_field": "id"}],
-        "stages": [{"type": "embed"},
+        "stages": [{"type": "embed", "params": embed_params},
                    {"type": "semantic_dedup", "name": "k3", "params": {"eps": eps, "n_clusters": 3}},
                    {"type": "semantic_dedup", "name": "k1", "params": {"eps": eps, "n_clusters": 1}}],
         "output": {"dir": "out", "write_dropped": True},

@@ -36,7 +36,6 @@ PROBES = [
     " ".join(f"word{i} and more text" for i in range(200)),  # far past any 256-512 token limit
     "UPPER lower MiXeD",
 ]
-_CHECKED: dict[int, Any] = {}
 _LOCK = threading.Lock()
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -61,16 +60,18 @@ def _ours(tok: Any, texts: list[str]) -> dict[str, list[list[int]]]:
 def fast_tokenizer(model: Any) -> Any | None:
     """A copy of the model's Rust tokenizer set to its truncation, when it reproduces the
     model's own `preprocess` on PROBES; else None (then use `encode`). Checked once per model."""
-    key = id(model)
-    with _LOCK:
-        if key in _CHECKED:
-            return _CHECKED[key]
+    with _LOCK:  # the answer is kept on the model object itself, so it lives and dies with it
+        if hasattr(model, "thresher_fast_tokenizer"):
+            return model.thresher_fast_tokenizer
         tok = None
         try:
             tok = _build(model)
         except Exception as exc:  # any surprise in a model's layout means: use its own encode
             logging.getLogger(__name__).info("fast tokenization unavailable for %s: %s", type(model).__name__, exc)
-        _CHECKED[key] = tok
+        try:
+            model.thresher_fast_tokenizer = tok
+        except AttributeError:  # an object that takes no attributes: checked again next time
+            pass
         return tok
 
 
