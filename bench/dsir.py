@@ -131,6 +131,11 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _load() -> str:
+    """The 1/5/15-minute load averages (the machine may be shared: compare with its cores)."""
+    return "/".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
+
+
 def _peak_mb() -> tuple[float, float]:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
@@ -266,7 +271,7 @@ def bench_pair(pair: str, args) -> float:
         n, n_small, n_target = build_pair(work, pool_name, target_name, args.repeat, args.small)
         k_small = max(1, round(args.k * n_small / n))
         print(f"\n== {pair}: pool {n:,} rows (small run: {n_small:,}, k {k_small:,}); target {n_target:,} rows; "
-              f"k = {args.k:,}; min tokens = {args.min_tokens}", flush=True)
+              f"k = {args.k:,}; min tokens = {args.min_tokens}; load average {_load()}", flush=True)
         target = work / "target.jsonl"
         res: dict[tuple[str, str], dict] = {}
         # ABBA over (side, size): slow drift in the machine's load hits both sides alike.
@@ -299,8 +304,9 @@ def bench_pair(pair: str, args) -> float:
         total_ratio = res["official", "full"]["total"] / res["thresher", "full"]["total"]
         ratio = marginal["official"] / marginal["thresher"]
         print(f"{pair}: marginal cost ratio official/thresher {ratio:.1f}x (goal >= 10x); "
-              f"marginal CPU seconds {cpu['official'] / cpu['thresher']:.1f}x; whole-pool totals {total_ratio:.1f}x",
-              flush=True)
+              f"marginal CPU seconds {cpu['official'] / cpu['thresher']:.1f}x; whole-pool totals {total_ratio:.1f}x; "
+              f"load average now {_load()} (wall ratios mean little on a busy machine: the official package's "
+              f"{os.cpu_count()} processes compete for the cores; read the CPU ratio there)", flush=True)
         return ratio
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -21,7 +21,7 @@ from thresher.recipe.schema import Recipe
 from thresher.stages.features import ngram_features as nf
 from thresher.stages.selection import dsir
 from thresher.stages.selection import dsir_features as feats
-from thresher.stages.selection.importance_resample import ImportanceResample, build_model
+from thresher.stages.selection.importance_resample import ImportanceResample, batch_candidates, build_model
 from thresher.testing.harness import make_batch, run_stage
 from thresher.text.ngrams import featurize
 from thresher.text.tokenize import token_counts
@@ -138,6 +138,16 @@ def test_lazy_merges_select_what_eager_truncation_selects():
     assert len(sel.row_keys) > 30
 
 
+def test_unit_weight_truncation_keeps_the_ranked_best_rows_ties_by_row_key():
+    rng = np.random.default_rng(4)
+    keys = np.round(rng.normal(size=1000), 1)  # heavy ties at the cut
+    rk = rng.permutation(1000).astype(np.uint64)
+    for bound in (0, 1, 57, 500, 998, 999, 5000):
+        got = dsir.truncate(keys, rk, np.ones(1000, np.int64), bound)[1]
+        want = rk[dsir.ranked(keys, rk)][:bound + 1]  # the bound best rows and the first over it
+        assert sorted(got.tolist()) == sorted(want.tolist())
+
+
 def test_token_budget_selection_does_not_depend_on_batching():
     # A = {a1: 6 tokens, a2: 6}, B = {b: 3}, ranked a1 > a2 > b, budget 10: the whole pool
     # selects a1 only (a2 goes over, and selection stops there). Truncating A alone must keep
@@ -202,6 +212,28 @@ def test_decide_scores_rows_keeps_the_selection_and_names_reasons():
     s = st.summarise(scored, keep)
     assert (s["all"]["counts"] == X[keep].sum(0)).all()
     assert s["all"]["stats"].tolist() == [2, int(token_counts([texts[0], texts[2]]).sum())]
+
+
+def test_candidates_read_a_slim_view_and_rank_by_noised_log_weight():
+    texts = MATHS + OTHER + ["two words"]
+    scored = feats.featurize(make_batch([{"text": t} for t in texts], first_key=10), 2, 211)
+    view = feats.candidate_view(scored, seed=5)
+    # the pass after the model reads only these columns (no text, id or provenance) ...
+    assert view.schema.names == ["__row_key", feats.BUCKETS, feats.N_TOKENS, feats.ROW_HASH]
+    assert view.column(feats.BUCKETS).equals(scored.column(feats.BUCKETS))
+    assert view.column(feats.ROW_HASH).to_numpy().tolist() == dsir.row_hashes(scored.column("id"), 5).tolist()
+    assert feats.ROW_HASH not in feats.candidate_view(scored, seed=None).schema.names  # top_k: no noise
+    # ... and ranks the eligible rows (not the 2-word one) by log w + Gumbel noise of (seed, id)
+    # (k 9 > 6 rows: none cut)
+    st = _stage({"k": 9, "min_tokens": 5, "target": [{"name": "m", "paths": ["m.jsonl"]}], "num_buckets": 211})
+    targets = {"m": {"counts": feats.bucket_counts(feats.featurize(make_batch([{"text": t} for t in MATHS]), 2, 211),
+                                                   211), "stats": np.array([3, 60])}}
+    model = build_model(None, {"counts": feats.bucket_counts(scored, 211), "stats": np.zeros(5)}, targets, st.params)
+    keys, rk, w = batch_candidates(view, model, st.params).units[0]
+    X = featurize(texts, 2, 211).toarray()
+    want = X[:6] @ model.log_diff[0] + dsir.gumbel(dsir.row_hashes([str(i) for i in range(10, 16)], 5), 0)
+    assert sorted(rk.tolist()) == list(range(10, 16)) and (w == 1).all()
+    np.testing.assert_allclose(keys[np.argsort(rk)], want, rtol=1e-12)
 
 
 def test_separate_targets_decide_names_each_rows_target():

@@ -145,7 +145,10 @@ def ranked(keys: np.ndarray, row_keys: np.ndarray) -> np.ndarray:
 
 def truncate(keys: np.ndarray, row_keys: np.ndarray, weights: np.ndarray, bound: int):
     """The best rows whose weights (1 per row, or tokens) add up to at most `bound`, plus the
-    first row that goes over it."""
+    first row that goes over it (in `ranked` order for token weights; in no order for unit
+    weights, whose merges only need the set)."""
+    if (weights == 1).all() and not np.isnan(keys).any():
+        return _best(keys, row_keys, weights, bound + 1)
     order = ranked(keys, row_keys)
     keys, row_keys, weights = keys[order], row_keys[order], weights[order]
     # A row whose rows ahead of it already weigh more than the bound here do so in the whole
@@ -154,6 +157,18 @@ def truncate(keys: np.ndarray, row_keys: np.ndarray, weights: np.ndarray, bound:
     # enough to fit without it) must not be chosen — else the selection would depend on how
     # rows were batched.
     keep = (np.cumsum(weights) - weights) <= bound
+    return keys[keep], row_keys[keep], weights[keep]
+
+
+def _best(keys: np.ndarray, row_keys: np.ndarray, weights: np.ndarray, m: int):
+    """The first `m` rows in `ranked` order, unordered: a partition (O(n)) finds the m-th key,
+    and only the rows tied with it are sorted (by row key), instead of sorting every row."""
+    if len(keys) <= m:
+        return keys, row_keys, weights
+    kth = np.partition(keys, len(keys) - m)[len(keys) - m]
+    keep = keys > kth
+    tied = np.flatnonzero(keys == kth)
+    keep[tied[np.argsort(row_keys[tied], kind="stable")[:m - int(keep.sum())]]] = True
     return keys[keep], row_keys[keep], weights[keep]
 
 

@@ -23,10 +23,12 @@ from thresher.core import rows
 from thresher.core.columns import set_columns
 from thresher.models.tokenizer import TokenizerHandle
 from thresher.stages.features import ngram_features as nf
+from thresher.stages.selection import dsir
 from thresher.text.ngrams import ngram_rows
 from thresher.text.tokenize import token_counts
 
 BUCKETS, COUNTS, N_TOKENS, N_WORDS = "__dsir_buckets", "__dsir_counts", "__dsir_n_tokens", "__dsir_n_words"
+ROW_HASH = "__dsir_row_hash"  # only in `candidate_view`: the seeded hash of the row id
 COLUMNS = (BUCKETS, COUNTS, N_TOKENS, N_WORDS)
 
 
@@ -62,6 +64,20 @@ def feature_columns(batch: pa.RecordBatch, ngrams: int, num_buckets: int,
 def featurize(batch: pa.RecordBatch, ngrams: int, num_buckets: int,
               tokenizer: TokenizerHandle | None = None, words: bool = False) -> pa.RecordBatch:
     return set_columns(batch, feature_columns(batch, ngrams, num_buckets, tokenizer, words))
+
+
+def candidate_view(batch: pa.RecordBatch, seed: int | None) -> pa.RecordBatch:
+    """What the candidates pass reads of a featurised batch: each row's key, counts and
+    features and (given a `seed`) the seeded hash of its id (`ROW_HASH`), nothing else.
+
+    Made where the batch is featurised, so the pass that waits for the model reads a few bytes
+    per n-gram instead of the whole batch (text, ids, provenance): the local runner copies
+    every byte a later pass reads several times over, which cost more than the scoring. Rows
+    under `min_tokens` stay in (a filter of the list columns costs more than their bytes)."""
+    view = batch.select([rows.ROW_KEY] + [c for c in COLUMNS if c in batch.schema.names])
+    if seed is not None:
+        view = view.append_column(ROW_HASH, pa.array(dsir.row_hashes(batch.column(rows.ID), seed), pa.uint64()))
+    return view
 
 
 def n_tokens(batch: pa.RecordBatch) -> np.ndarray:

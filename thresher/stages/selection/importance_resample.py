@@ -25,8 +25,9 @@ Out: the selected rows, with the score column `dsir_log_weight` (`dsir_log_weigh
      and token counts, how many rows `min_tokens` dropped, mean token counts (the weights'
      length bias), and `counted_by`: the tokenizer's name and sha256, or "words".
 Cost: CPU only. One hashing pass over pool and target (~5-10 µs per 100-token row), then
-     two light passes over the hashed pool: candidates (score + bounded top-k) and decisions
-     (the score again, a bincount per batch, cheaper than carrying it between passes).
+     two light passes over the hashed pool: candidates (score + bounded top-k, reading a slim
+     view of each batch: row keys, counts, features, id hashes) and decisions (the score
+     again, a bincount per batch, cheaper than carrying it between passes).
      A tokenizer adds one `encode_batch` pass over pool and target (one thread: at most
      ~1 ms per 500-character row for MiniLM, measured on a heavily shared core).
      Memory: bucket-count vectors (num_buckets x 8 bytes per target) and a bounded
@@ -50,6 +51,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from thresher.core import Selector, StageParams, rows
@@ -195,16 +197,25 @@ def batch_scores(batch: pa.RecordBatch, model: dsir.Model, p: ImportanceResample
     return dsir.scores(row, b, c, feats.n_words(batch), model.log_diff, p.length_normalize)
 
 
-def batch_candidates(batch: pa.RecordBatch, model: dsir.Model, p: ImportanceResampleParams,
-                     seed: int) -> dsir.Candidates:
-    """Scored batch -> per unit, the batch's best rows (by Gumbel-noised or plain log w)."""
-    ntok = feats.n_tokens(batch)
+class CandidateView:
+    """Scored pool batch -> `dsir_features.candidate_view` (a few of its columns)."""
+
+    def __init__(self, p: ImportanceResampleParams, seed: int):
+        self.seed = None if p.top_k else seed
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return feats.candidate_view(batch, self.seed)
+
+
+def batch_candidates(view: pa.RecordBatch, model: dsir.Model, p: ImportanceResampleParams) -> dsir.Candidates:
+    """A batch's `CandidateView` -> per unit, its best rows (by Gumbel-noised or plain log w)."""
+    ntok = feats.n_tokens(view)
     eligible = ntok >= p.min_tokens
-    rk = batch.column(rows.ROW_KEY).to_numpy()[eligible]
+    rk = view.column(rows.ROW_KEY).to_numpy()[eligible]
     weights = np.ones(int(eligible.sum()), np.int64) if p.k is not None else ntok[eligible].astype(np.int64)
-    h = dsir.row_hashes(batch.column(rows.ID).filter(eligible), seed) if not p.top_k else None
+    h = view.column(feats.ROW_HASH).to_numpy()[eligible] if not p.top_k else None
     units = []
-    for u, s in enumerate(batch_scores(batch, model, p)):
+    for u, s in enumerate(batch_scores(view, model, p)):
         keys = s[eligible]
         if not p.top_k:
             keys = keys + dsir.gumbel(h, u)
@@ -259,7 +270,10 @@ class ImportanceResample(Selector):
                  | "Model" >> beam.Map(build_model, beam.pvalue.AsSingleton(raw),
                                        beam.pvalue.AsSingleton(targets), p))
         model_si = beam.pvalue.AsSingleton(model)
-        selection = (scored | "Candidates" >> beam.Map(batch_candidates, model_si, p, seed)
+        # The candidates pass waits for the model, so what it reads crosses the runner's data
+        # plane: a slim view of each batch, made in the featurising pass, not the batch.
+        selection = (scored | "CandidateView" >> beam.Map(CandidateView(p, seed))
+                     | "Candidates" >> beam.Map(batch_candidates, model_si, p)
                      | "TopK" >> beam.CombineGlobally(dsir.TopCandidates()))
         return model | "Bundle" >> beam.Map(bundle, beam.pvalue.AsSingleton(raw), beam.pvalue.AsSingleton(selection))
 
@@ -274,8 +288,9 @@ class ImportanceResample(Selector):
             unit = sel.unit[pos] if len(sel.row_keys) else pos
             columns[TARGET_COLUMN] = pa.array(np.where(keep, names[unit], None).tolist(), pa.string())
         short = feats.n_tokens(batch) < p.min_tokens
-        # One string when it is the only reason: the template's cheap path (no per-row list).
-        reason = np.where(short, TOO_SHORT, NOT_SELECTED) if short.any() else NOT_SELECTED
+        # One string when it is the only reason: the template's cheap path (no per-row list);
+        # else an Arrow array (a NumPy one becomes a Python string per row there).
+        reason = pc.if_else(pa.array(short), TOO_SHORT, NOT_SELECTED) if short.any() else NOT_SELECTED
         return keep, reason, columns
 
     def summarise(self, batch: pa.RecordBatch, keep: np.ndarray) -> dict[str, Any]:
