@@ -250,9 +250,13 @@ class _Apply(beam.DoFn):
             return
         dropped = batch.filter(pc.invert(keep))
         reasons = pc.fill_null(dropped.column(DROP_REASON), "unspecified")
-        for reason in pc.unique(reasons).to_pylist():
-            counters.count_by_source(counters.stage_dropped(self.stage, reason),
-                                     dropped.filter(pc.equal(reasons, reason)))
+        # Counted on (source, reason) alone: filtering the whole dropped batch once per reason
+        # copied its text each time (measured ~0.14 s per 280k rows in bench/dsir.py).
+        pairs = pa.table({"s": dropped.column(rows.SOURCE), "r": reasons})
+        pairs = pairs.group_by(["r", "s"]).aggregate([([], "count_all")])
+        for reason, source, n in zip(*(pairs.column(c).to_pylist() for c in ("r", "s", "count_all")),
+                                     strict=True):
+            counters.counter(f"{counters.stage_dropped(self.stage, reason)}/{source}").inc(n)
         if self.want_dropped:
             out = dropped.drop_columns([KEEP, DROP_REASON])
             out = out.append_column(DROP_STAGE_COLUMN, pa.array([self.stage] * out.num_rows, pa.string()))
