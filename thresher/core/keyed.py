@@ -7,6 +7,10 @@ batch key being `batch_key(batch)` of the batch that holds the rows a part is ab
 batches with a CoGroupByKey on that key, so each batch meets only its own parts: a worker
 holds one batch and its decisions, never a broadcast of every row's decision.
 
+On `runner: dask` the join runs in place (`engine/dask_graph.py` finds it by the
+`Map(key_batch)` that keys the batches): the batches stay on their workers and the parts travel
+to them, so record batches never cross the shuffle.
+
 Batches are the unit of the join, not rows: one element per batch keeps Beam's per-element
 cost off the row count, and batch boundaries (which only the runner's bundling decides) never
 reach a decision, since `decide` looks rows up by `__row_key`.

@@ -37,7 +37,9 @@ thresher recipe. What it lacked, and how this module (a translation of the whole
    in different groups in different worker processes) through a multi-stage task shuffle (~300
    tasks per GroupByKey of 16 partitions: most of a small run's time). Here it is one flat
    shuffle (P splits, P x Q picks, Q joins; Q = 2 x workers at most) on xxh3 of the pickled key,
-   grouping by the pickled key's bytes (Beam groups by encoded key).
+   grouping by the pickled key's bytes (Beam groups by encoded key); each bucket that leaves its
+   worker travels as one pickle. The keyed template's CoGroupByKey groups in place: the record
+   batches stay, only the decisions move (`engine/dask_graph.py`).
 8. `DoFn.setup()` ran, the DoFn (with what a stage's `prepare()` built) was unpickled and its
    invoker built (~7 ms of signature inspection) once per partition. Here the pickled DoFn is one
    task of the graph (fetched once per worker), unpickled, set up and given its invoker once per
@@ -45,6 +47,11 @@ thresher recipe. What it lacked, and how this module (a translation of the whole
    returns its elements directly, so dask fuses it with its consumer into one task.
 9. `Create` made ~128-element partitions, so a recipe's read tasks ran in one task. Here each
    `Create` element (up to 1,024) is its own partition: files are read in parallel.
+10. No placement: dask's scheduler moved record batches between workers whenever a task also
+   read something held elsewhere (a DoFn, a side input). Here each partition has a worker and its
+   steps run there (`engine/dask_graph.py`); a LocalCluster also runs without work stealing.
+   On a cluster of your own, `distributed.scheduler.work-stealing: false` in the scheduler's
+   config does the same (with it on, the scheduler may move a partition to balance load).
 
 Scope: bounded pipelines in the global window (what thresher builds); other primitives
 (windowing by time, streaming, SDF reads such as `ReadFromText`) raise a clear error. Counters are
@@ -61,51 +68,25 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 import apache_beam as beam
-import xxhash
-from apache_beam import pvalue
-from apache_beam.internal import pickler
 from apache_beam.metrics.execution import MetricKey, MetricResult
 from apache_beam.metrics.metric import MetricResults
 from apache_beam.pipeline import PipelineVisitor, PTransformOverride
 from apache_beam.runners.common import DoFnSignature
 from apache_beam.runners.runner import PipelineResult, PipelineRunner, PipelineState
 from apache_beam.transforms.combiners import LiftedCombinePerKey
-from apache_beam.transforms.window import GlobalWindows
 
 from thresher.engine import dask_bundles as bundles
+from thresher.engine.dask_graph import CreateValues, Identity, Translate
 
 log = logging.getLogger("thresher.dask")
 
 CLIENT_ADDRESS, WORKERS, TIMEOUT = "dask_client_address", "dask_workers", "dask_connection_timeout"
-_MAX_CREATE_PARTITIONS = 1024
 
 
 # ---------------------------------------------------------------------------------------
 # Graph rewrites before translation
-
-
-class _CreateValues(beam.PTransform):
-    """`beam.Create` as one primitive: its values become a bag directly."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values = list(values)
-
-    def expand(self, pbegin):
-        return pvalue.PCollection(pbegin.pipeline, is_bounded=True)
-
-    def get_windowing(self, inputs):
-        return beam.Windowing(GlobalWindows())
-
-
-class _Identity(beam.PTransform):
-    """`beam.Reshuffle`: every element is already its own task's input, nothing to rebalance."""
-
-    def expand(self, pcoll):
-        return pvalue.PCollection.from_(pcoll)
 
 
 class _Replace(PTransformOverride):
@@ -127,30 +108,20 @@ def _lifted(applied):
 
 
 _OVERRIDES = [
-    _Replace(beam.Create, lambda a: _CreateValues(a.transform.values)),
-    _Replace(beam.Reshuffle, lambda a: _Identity()),
+    _Replace(beam.Create, lambda a: CreateValues(a.transform.values)),
+    _Replace(beam.Reshuffle, lambda a: Identity()),
     _Replace(beam.CombinePerKey, _lifted),
 ]
 
 
-def _group_by_key(bag, q: int):
-    """P split tasks, P x Q bucket picks, Q joins: a flat shuffle (dask.bag's task shuffle made
-    ~300 tasks per GroupByKey of 16 partitions, most of a small run's time)."""
-    import dask
-    import dask.bag as db
-
-    splits = [dask.delayed(bundles.split)(p, q) for p in bag.to_delayed(optimize_graph=False)]
-    return db.from_delayed([dask.delayed(bundles.join)(*[s[j] for s in splits]) for j in range(q)])
-
-
 # ---------------------------------------------------------------------------------------
-# Driver side: Beam graph -> dask bags
+# Driver side: what the adapter runs
 
 
 def _unsupported(applied) -> str | None:
     """Why the adapter cannot run this primitive, or None."""
     t = applied.transform
-    if isinstance(t, (_CreateValues, _Identity, beam.Impulse, beam.Flatten, beam.GroupByKey)):
+    if isinstance(t, (CreateValues, Identity, beam.Impulse, beam.Flatten, beam.GroupByKey)):
         return None
     if isinstance(t, beam.ParDo) and any(not pc.windowing.is_default() for pc in applied.outputs.values()):
         return (f"runner: dask cannot run {applied.full_label}: it windows its output; thresher's dask "
@@ -179,70 +150,14 @@ class _Check(PipelineVisitor):
             self.problems.append(problem)
 
 
-class _Translate(PipelineVisitor):
-    def __init__(self, run_id: str, workers: int):
-        self.run_id = run_id
-        self.workers = workers
-        self.bags: dict[pvalue.PCollection, Any] = {}
-        self.consumed: set[pvalue.PCollection] = set()
-        self.sides: dict[pvalue.PCollection, Any] = {}
-        self.bundles = 0  # bundles the run will execute: each reports its counters once
-
-    def leaves(self) -> list[Any]:
-        """Bags nothing consumes: computing them runs every step."""
-        return [b for pc, b in self.bags.items() if pc not in self.consumed]
-
-    def visit_transform(self, applied) -> None:
-        import dask.bag as db
-
-        t = applied.transform
-        main = [p for p in applied.main_inputs.values() if not isinstance(p, pvalue.PBegin)]
-        self.consumed.update(main)
-        ins = [self.bags[p] for p in main]
-        if isinstance(t, _CreateValues):
-            bag = db.from_sequence(t.values, npartitions=max(1, min(len(t.values), _MAX_CREATE_PARTITIONS)))
-        elif isinstance(t, beam.Impulse):
-            bag = db.from_sequence([b""], npartitions=1)
-        elif isinstance(t, _Identity):
-            bag = ins[0]
-        elif isinstance(t, beam.Flatten):
-            bag = db.concat(ins) if ins else db.from_sequence([], npartitions=1)
-        elif isinstance(t, beam.GroupByKey):
-            # Output partitions: enough to keep every worker busy, few enough that the P x Q
-            # bucket picks stay cheap (most GroupByKeys here are combiners' one-key merges).
-            bag = _group_by_key(ins[0], max(1, min(ins[0].npartitions, 2 * self.workers)))
-        else:
-            self._pardo(applied, ins[0])
-            return
-        for pc in applied.outputs.values():
-            self.bags[pc] = bag
-
-    def _pardo(self, applied, main) -> None:
-        import dask
-
-        t = applied.transform
-        label = applied.full_label
-        specs = [(type(si), si._view_options()) for si in t.side_inputs]  # noqa: SLF001 - Beam's view API
-        blob = pickler.dumps((t.fn, t.args, t.kwargs, specs, label))
-        payload = dask.delayed((self.run_id, xxhash.xxh3_128_hexdigest(blob + label.encode()), blob), pure=True)
-        self.consumed.update(si.pvalue for si in t.side_inputs)
-        sides = [self._side(si.pvalue) for si in t.side_inputs]
-        outs = applied.outputs
-        # One output: the bundle returns its elements, so dask fuses it with what consumes it.
-        single = (True, next(iter(outs))) if len(outs) == 1 else (False, None)
-        # Keys named after the step, so the dashboard and task stream say which step is running.
-        token = f"{label}-{self.run_id}-{self.bundles}"
-        raw = main.map_partitions(bundles.run_bundle, payload, single, *sides, token=token)
-        self.bundles += raw.npartitions
-        for tag, pc in outs.items():
-            self.bags[pc] = raw if single[0] else raw.map_partitions(bundles.pick, tag)
-
-    def _side(self, pc):
-        import dask
-
-        if pc not in self.sides:
-            self.sides[pc] = dask.delayed(bundles.concat)(self.bags[pc].to_delayed(optimize_graph=False))
-        return self.sides[pc]
+def prepare(pipeline) -> None:
+    """Rewrite `pipeline` into the primitives `dask_graph.Translate` runs; raise
+    NotImplementedError naming every transform it cannot run (before any cluster is touched)."""
+    pipeline.replace_all(_OVERRIDES)
+    check = _Check()
+    pipeline.visit(check)
+    if check.problems:
+        raise NotImplementedError("; ".join(check.problems))
 
 
 class _Counters(MetricResults):
@@ -292,6 +207,11 @@ class DaskRunResult(PipelineResult):
         return self._state
 
     def _close(self) -> None:
+        if self._cluster is not None and self._state == PipelineState.DONE:
+            try:  # the run is out: skip its workers' slow teardown
+                self._client.run(bundles.exit_at_once)
+            except Exception as exc:  # noqa: BLE001 - only a slower close: never fail a finished run
+                log.debug("dask: workers keep their normal exit: %s", exc)
         self._client.close()
         if self._cluster is not None:
             self._cluster.close()
@@ -318,28 +238,34 @@ class ThresherDaskRunner(PipelineRunner):
         except ImportError as exc:
             raise ImportError("runner: dask needs dask.distributed: pip install 'thresher[dask]'") from exc
         opts = options.get_all_options(retain_unknown_options=True, drop_default=True)
-        pipeline.replace_all(_OVERRIDES)
-        check = _Check()
-        pipeline.visit(check)
-        if check.problems:
-            raise NotImplementedError("; ".join(check.problems))
+        prepare(pipeline)
         t0 = time.perf_counter()
         address, cluster = opts.get(CLIENT_ADDRESS), None
         if address:
             client = Client(address, timeout=opts.get(TIMEOUT) or 30)
         else:
-            cluster = LocalCluster(n_workers=int(opts.get(WORKERS) or 1), threads_per_worker=1, processes=True,
-                                   dashboard_address=":0")  # any free port: never clash with a neighbour's
+            # Work stealing off: it moved partitions (record batches) to balance load, costing more
+            # CPU in copies than it saved (dask_graph places each partition on a worker). The
+            # workers' statistical profiler (a stack sample every 10 ms) only feeds a dashboard.
+            with dask.config.set({"distributed.scheduler.work-stealing": False,
+                                  "distributed.worker.profile.enabled": False}):
+                cluster = LocalCluster(n_workers=int(opts.get(WORKERS) or 1), threads_per_worker=1, processes=True,
+                                       dashboard_address=":0")  # any free port: never clash with a neighbour's
             client = Client(cluster)
         try:
-            workers = len(client.scheduler_info()["workers"])
-            log.info("dask: %d worker(s) at %s, ready in %.1f s", workers, client.scheduler.address,
+            addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
+            log.info("dask: %d worker(s) at %s, ready in %.1f s", len(addresses), client.scheduler.address,
                      time.perf_counter() - t0)
-            visitor = _Translate(uuid.uuid4().hex, max(1, workers))
+            if not addresses:
+                raise RuntimeError(f"runner: dask: the cluster at {client.scheduler.address} has no workers; "
+                                   "start some (dask worker ADDRESS) and run again")
+            t1 = time.perf_counter()
+            visitor = Translate(uuid.uuid4().hex, addresses)
             pipeline.visit(visitor)
-            leaves = [bag.map_partitions(bundles.nothing) for bag in visitor.leaves()]
-            done = dask.delayed(bundles.done)(*[d for bag in leaves for d in bag.to_delayed(optimize_graph=False)])
+            done = dask.delayed(bundles.done)(*[d for bag in visitor.leaves()
+                                                for d in bag.to_delayed(optimize_graph=False)])
             future = client.compute(done)
+            log.info("dask: graph of %d bundles submitted in %.1f s", visitor.bundles, time.perf_counter() - t1)
         except BaseException:
             client.close()
             if cluster is not None:

@@ -7,7 +7,8 @@ Cost: a hash join, two shuffles. (1) Each text is hashed (xxh3-64) and (hash, ro
      group, which finds its duplicates with a NumPy sort (memory per group ~ rows/`buckets`
      x ~40 bytes). (2) Each duplicate's (row key, kept id) goes back to the batch holding it by
      a CoGroupByKey on the batch key, which drops it there: no worker holds the whole set of
-     duplicates, and batches with none get no decisions. "First" means lowest `__row_key`,
+     duplicates, and batches with none get no decisions (on `runner: dask` the batches stay on
+     their workers: only the decisions travel). "First" means lowest `__row_key`,
      i.e. the recipe's source order, file order and line order — the same on any runner.
 """
 
@@ -21,7 +22,7 @@ import xxhash
 from pydantic import Field
 
 from thresher.core import Selector, StageParams, keyed, rows
-from thresher.core.columns import find_sorted, strings
+from thresher.core.columns import find_sorted
 
 DUPLICATE_OF = "duplicate_of"
 
@@ -36,20 +37,30 @@ class ExactDedupParams(StageParams):
 def text_hashes(texts: pa.Array, ignore_case_and_space: bool) -> np.ndarray:
     if ignore_case_and_space:
         texts = pc.utf8_lower(pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, r"\s+", " ")))
-    return np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8", "surrogatepass")) for t in texts.to_pylist()),
-                       dtype=np.uint64, count=len(texts))
+    # The UTF-8 bytes straight from Arrow (a zero-copy cast): what str.encode() gave, without
+    # a str per row.
+    data = texts.cast(pa.large_binary() if pa.types.is_large_string(texts.type) else pa.binary())
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, data.to_pylist()), dtype=np.uint64, count=len(texts))
 
 
 def hash_to_buckets(batch: pa.RecordBatch, params: ExactDedupParams):
-    """A batch -> per hash bucket: (hash, row key, id, batch key) of its rows."""
+    """A batch -> per hash bucket: (hash, row key, id, batch key) of its rows. Ids stay Arrow
+    arrays: the shuffle moves their buffers, and only the winners' ever become Python strings."""
     h = text_hashes(batch.column(rows.TEXT), params.ignore_case_and_space)
     keys = batch.column(rows.ROW_KEY).to_numpy()
-    ids = strings(batch, rows.ID)
+    ids = batch.column(rows.ID)
     home = keyed.batch_keys(batch)
     bucket = h % np.uint64(params.buckets)
-    for b in np.unique(bucket):
-        m = bucket == b
-        yield int(b), (h[m], keys[m], ids[m], home[m])
+    # One sort and slices, not a mask per bucket: this runs on every row of the corpus.
+    order = np.argsort(bucket, kind="stable")
+    cuts = np.flatnonzero(bucket[order][1:] != bucket[order][:-1]) + 1
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(order)], strict=True):
+        idx = order[lo:hi]
+        yield int(bucket[idx[0]]), (h[idx], keys[idx], ids.take(pa.array(idx)), home[idx])
+
+
+def _as_strings(ids) -> pa.Array:
+    return ids.cast(pa.string()) if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
 
 
 def find_duplicates(element):
@@ -58,17 +69,18 @@ def find_duplicates(element):
     parts = list(parts)
     h = np.concatenate([p[0] for p in parts])
     k = np.concatenate([p[1] for p in parts])
-    ids = np.concatenate([p[2] for p in parts])
     home = np.concatenate([p[3] for p in parts])
     order = np.lexsort((k, h))  # by hash, then row key: the first row of a run wins
-    h, k, ids, home = h[order], k[order], ids[order], home[order]
+    h, k, home = h[order], k[order], home[order]
     first = np.ones(len(h), bool)
     first[1:] = h[1:] != h[:-1]
     if first.all():
         return
     winner_idx = np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
     losers = ~first
-    yield from keyed.split_by_batch(home[losers], keys=k[losers], winners=ids[winner_idx[losers]])
+    ids = pa.concat_arrays([_as_strings(p[2]) for p in parts])
+    winners = ids.take(pa.array(order[winner_idx[losers]])).to_numpy(zero_copy_only=False)
+    yield from keyed.split_by_batch(home[losers], keys=k[losers], winners=winners)
 
 
 class ExactDedup(Selector):
