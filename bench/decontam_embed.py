@@ -3,7 +3,7 @@ plain fp32 `SentenceTransformer.encode` of every pool row and every benchmark it
 
     .venv/bin/python bench/decontam_embed.py [--clean 8000] [--train 1000] [--plants 100]
         [--benchmarks gsm8k,math500,humaneval,mmlu] [--limit N] [--backend auto] [--threshold 0.85]
-        [--prefilter 0.3] [--fresh N] [--baseline-sample F]
+        [--prefilter 0.3] [--margin 0.18|none] [--fresh N] [--baseline-sample F] [--train-offset N]
 
 Pool (all real text from ../shared/data): `--clean` general-pool rows; `--train` GSM8K *train*
 questions (same style as the test set, different problems: near-domain negatives); number-
@@ -80,8 +80,9 @@ def build_pool(args, rng: random.Random) -> tuple[list[dict], list[dict], dict[s
     fresh = [{"id": f"fresh/{i}", "text": r["text"]} for i, r in enumerate(pool[args.clean:2 * args.clean])]
     hosts = [r for r in pool[2 * args.clean:] if 40 <= len(r["text"].split()) <= 200]
     paras = [r for r in pool[2 * args.clean:] if 90 <= len(r["text"].split()) <= 130]
-    train = [{"id": f"train/{i}", "text": r["question"]}
-             for i, r in enumerate(jsonl(DATA / "gsm8k" / "train.jsonl.gz")[:args.train])]
+    lo = args.train_offset
+    train = [{"id": f"train/{lo + i}", "text": r["question"]}
+             for i, r in enumerate(jsonl(DATA / "gsm8k" / "train.jsonl.gz")[lo:lo + args.train])]
     rows, kind = clean + train, {}
     k = 0
     for bench, field in (("gsm8k", "question"), ("math500", "problem")):
@@ -108,20 +109,28 @@ def build_pool(args, rng: random.Random) -> tuple[list[dict], list[dict], dict[s
 
 
 SCORES: dict[str, float] = {}  # each row's embedding score (best window's cosine), for the sweep
+MATCH: dict[str, str] = {}  # flagged rows: "method item" of their best match
 
 
 def run_decontam(rows: list[dict], benchmarks: list[dict], args, cache_dir: str | None, out: Path):
     """(seconds, {id: flagged benchmark or None}, counters-ish dict) of prepare + score."""
     from thresher.core.context import StageContext
     from thresher.recipe.load import validate_recipe
-    from thresher.stages.decontam.decontaminate import BEST_BENCHMARK, EMBED_SCORE, Decontaminate
+    from thresher.stages.decontam.decontaminate import (
+        BEST_BENCHMARK,
+        EMBED_SCORE,
+        MATCH_ITEM,
+        MATCH_METHOD,
+        Decontaminate,
+    )
     from thresher.testing.harness import make_batch
 
     recipe = validate_recipe({
         "sources": [{"name": "pool", "paths": ["pool.jsonl"]}], "output": {"dir": str(out)},
         "stages": [{"type": "decontaminate", "params": {
             "benchmarks": benchmarks, "embed_threshold": args.threshold, "embed_backend": args.backend,
-            "embed_prefilter": args.prefilter}}]}, base_dir=str(out))
+            "embed_prefilter": args.prefilter, "embed_margin": args.margin,
+            "action": "flag"}}]}, base_dir=str(out))
     ctx = StageContext(name="decontaminate", seed=0, out_dir=str(out), work_dir=str(out / "_work"),
                        recipe=recipe, cache_dir=cache_dir)
     t0 = time.perf_counter()
@@ -134,6 +143,9 @@ def run_decontam(rows: list[dict], benchmarks: list[dict], args, cache_dir: str 
         cols = stage.score(make_batch(part, "pool"))
         flagged.update(zip((r["id"] for r in part), cols[BEST_BENCHMARK].to_pylist(), strict=True))
         SCORES.update(zip((r["id"] for r in part), cols[EMBED_SCORE].to_pylist(), strict=True))
+        for r, m, it in zip(part, cols[MATCH_METHOD].to_pylist(), cols[MATCH_ITEM].to_pylist(), strict=True):
+            if m is not None:
+                MATCH[r["id"]] = f"{m} {it}"
     dt = time.perf_counter() - t0
     cache = getattr(stage, "_cache", None)  # the worker's RowCache: its hit counts
     hits = (cache.hits, cache.misses) if cache is not None else (0, 0)
@@ -151,6 +163,10 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threshold", type=float, default=0.85)
     ap.add_argument("--prefilter", type=float, default=0.3)
+    ap.add_argument("--margin", type=lambda v: None if v == "none" else float(v), default=0.18,
+                    help="embed_margin (none: cosine threshold alone)")
+    ap.add_argument("--train-offset", type=int, default=0,
+                    help="GSM8K train questions [offset, offset + --train): another sample for a held-out check")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--fresh", type=int, default=None, help="new clean rows for the items-cached run "
                     "(default: --clean; 0: skip it)")
@@ -176,7 +192,8 @@ def main() -> None:
           f"{sum(1 for v in kind.values() if v.startswith('numbers'))} number-substituted plants, "
           f"{sum(1 for v in kind.values() if v.startswith('para'))} paraphrase rows); benchmarks "
           f"{args.benchmarks}: {len(segs.text)} segments; backend {args.backend}, threshold {args.threshold}, "
-          f"prefilter {args.prefilter}", flush=True)
+          f"prefilter {args.prefilter}, margin {args.margin}, GSM8K train rows {args.train_offset}.."
+          f"{args.train_offset + args.train - 1}", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="thresher-bench-decontam-embed-"))
     model = load_model(None, "cpu")
@@ -242,7 +259,7 @@ def main() -> None:
     # of a test one (GSM8K has some) is a true find, not a false positive; read them to judge.
     text_of = {r["id"]: r["text"] for r in rows}
     for rid in [r["id"] for r in rows if r["id"].startswith("train/") and flagged[r["id"]] is not None]:
-        print(f"  flagged {rid} ({flagged[rid]}; best window {SCORES.get(rid, float('nan')):.3f}): "
+        print(f"  flagged {rid} ({MATCH.get(rid)}; best window {SCORES.get(rid, float('nan')):.3f}): "
               f"{text_of[rid][:160]!r}")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from thresher.models import embeddings
-from thresher.stages.decontam import prefilter
+from thresher.stages.decontam import prefilter, specific
 from thresher.stages.decontam.decontaminate import Decontaminate
 from thresher.stages.decontam.embedding import mask_numbers
 from thresher.testing.harness import run_stage
@@ -118,7 +118,7 @@ def test_stage_embeds_only_candidates_and_reuses_vectors_from_the_cache(bag_mode
     assert second.report["embedding"]["item_vectors_from_cache"] == 3
 
 
-def _stage(bench_file, cache_dir, out_dir):
+def _stage(bench_file, cache_dir, out_dir, **params):
     from thresher.core.context import StageContext
     from thresher.recipe.load import validate_recipe
 
@@ -126,7 +126,7 @@ def _stage(bench_file, cache_dir, out_dir):
         "sources": [{"name": "pool", "paths": ["pool.jsonl"]}], "output": {"dir": str(out_dir)},
         "stages": [{"type": "decontaminate", "params": {
             "benchmarks": [{"preset": "gsm8k", "paths": [str(bench_file)], "id_field": None}],
-            "embed_threshold": 0.9}}]}, base_dir=str(out_dir))
+            "embed_threshold": 0.9, **params}}]}, base_dir=str(out_dir))
     ctx = StageContext(name="decontaminate", seed=0, out_dir=str(out_dir), work_dir=str(out_dir / "_work"),
                        recipe=recipe, cache_dir=str(cache_dir))
     stage = Decontaminate(recipe.stages[0].params, ctx)
@@ -248,3 +248,67 @@ def _stage_for(shared_data, out):
     stage = Decontaminate(recipe.stages[0].params, ctx)
     stage.prepare()
     return stage
+
+
+def test_margin_is_taken_over_the_other_neighbours_with_twins_and_missing_ones_left_out():
+    items = np.eye(4, dtype=np.float32)
+    items = np.vstack([items, items[:1]])  # item 4 embeds as item 0 does: its twin
+    sim = np.asarray([[0.9, 0.9, 0.6, 0.5], [0.9, 0.85, 0.8, 0.8], [0.9, -3e38, -3e38, -3e38]], np.float32)
+    idx = np.asarray([[0, 4, 1, 2], [1, 2, 3, 0], [2, -1, -1, -1]])
+    np.testing.assert_allclose(specific.margins(sim, idx, items), [0.9 - 0.55, 0.9 - 2.45 / 3, 0.9], rtol=1e-6)
+    assert specific.numbers("Josh paid $80,000, then 2.5 times 3 (and 3 again).") == {"80000", "2.5", "3"}
+
+
+def test_accept_needs_the_margin_or_all_of_the_items_numbers():
+    items = np.eye(4, dtype=np.float32)
+    texts = ["Sam has 11 apples and 20 pears.", "Ann has 12 figs and 30 plums.", "Bo has 7 kiwis.", "none"]
+    idx = np.asarray([[0, 1, 2, 3]] * 5)
+    sim = np.asarray([[0.95, 0.5, 0.4, 0.3],     # stands out: the best item
+                      [0.9, 0.86, 0.8, 0.8],     # crowded, no item's numbers: no match
+                      [0.9, 0.86, 0.8, 0.8],     # crowded, but holds all of item 1's numbers
+                      [0.9, 0.8, 0.8, 0.8],      # item 1's numbers, but item 1 is under the threshold
+                      [0.84, 0.2, 0.1, 0.1]], np.float32)  # under the threshold
+    wins = ["a", "Sam has 13 apples and 21 pears.", "Ann has 30 plums, 12 figs.", "Ann has 30 plums, 12 figs.",
+            "a"]
+    ok, col = specific.accept(wins, sim, idx, items, texts, 0.85, 0.18)
+    assert ok.tolist() == [True, False, True, False, False] and col.tolist() == [0, 0, 1, 0, 0]
+    # One number is not enough (item 2 has one), and without a margin the threshold alone decides.
+    sim[2], idx[2] = [0.9, 0.88, 0.85, 0.85], [0, 2, 1, 3]
+    assert specific.accept(["Bo has 7 kiwis."] * 5, sim, idx, items, texts, 0.85, 0.18)[0].tolist()[2] is False
+    assert specific.accept(wins, sim, idx, items, texts, 0.85, None)[0].tolist() == [True, True, True, True, False]
+
+
+TEMPLATE = ("{n} baked {a} {g} for the school fair, packed them in paper boxes, carried the boxes to the gym "
+            "and sold the {g} for {b} dollars each. How much money did {n} collect at the fair?")
+
+
+def test_a_new_problem_on_a_benchmark_template_is_not_flagged_but_copies_and_paraphrases_are(
+        bag_model, tmp_path):
+    """Six benchmark items on one template: a row on the template with another story is near
+    them all (cosine over the threshold, small margin); a number-substituted copy stands out; a
+    paraphrase that does not stand out is still matched by the item's numbers."""
+    from thresher.stages.decontam.decontaminate import BEST_BENCHMARK, MATCH_ITEM
+    from thresher.testing.harness import make_batch
+
+    stories = zip(["Tom", "Mia", "Raj", "Ivy", "Leo", "Zoe"], ["muffins", "brownies", "pretzels", "bagels",
+                                                              "scones", "cookies"], strict=True)
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"question": TEMPLATE.format(n=n, g=g, a=12 + i, b=3 + i)}) + "\n"
+                             for i, (n, g) in enumerate(stories)))
+    para = ("Mia baked {} brownies for the fair, packed them in boxes, carried the boxes to the gym and sold "
+            "them for 4 dollars each. How much money did she collect at the school fair?")
+    pool = [{"id": "template", "text": TEMPLATE.format(n="Ben", g="donuts", a=40, b=2)},
+            {"id": "copy", "text": TEMPLATE.format(n="Mia", g="brownies", a=25, b=7)},
+            {"id": "para", "text": para.format(13)}, {"id": "para-other-numbers", "text": para.format(14)}]
+    got = {}
+    for margin in (0.18, None):
+        stage = _stage(bench, tmp_path / "cache", tmp_path / f"o{margin}", embed_threshold=0.85,
+                       embed_margin=margin, action="flag")
+        cols = stage.score(make_batch(pool, "pool"))
+        got[margin] = dict(zip([r["id"] for r in pool], cols[MATCH_ITEM].to_pylist(), strict=True))
+        scores = cols["decontam_embed_score"].to_pylist()
+        assert min(scores) > 0.85 and max(cols["decontam_ngram_score"].to_pylist()) < 0.5  # embedding only
+        assert cols[BEST_BENCHMARK].to_pylist()[1] == "gsm8k"
+    # Item ids are line numbers: Mia's story is gsm8k/2.
+    assert got[0.18] == {"template": None, "copy": "gsm8k/2", "para": "gsm8k/2", "para-other-numbers": None}
+    assert got[None] == {"template": "gsm8k/3", "copy": "gsm8k/2", "para": "gsm8k/2", "para-other-numbers": "gsm8k/2"}

@@ -33,6 +33,11 @@ Cost: n-gram method, CPU only: benchmark files are read and indexed once, on the
      `cache/misses` count windows). The item vectors are also written to
      `OUT/indexes/<stage>-benchmark-embeddings.npy` for the audit.
 
+Embedding matches: a window matches an item when its cosine reaches `embed_threshold` and
+beats its mean cosine to its next 9 nearest items by `embed_margin` (a problem written on a
+benchmark's template is near many of its items, a copy or paraphrase near one), or, short of
+that margin, when it holds all of the item's numbers (2 or more; `specific.py`).
+
 Matching: word n-grams of normalised text (lowercase, apostrophes dropped, other punctuation
 and whitespace folded). A row is contaminated by an item segment when the fraction of the
 segment's distinct n-grams found in the row reaches `threshold` (`mode: fraction`) or when
@@ -54,7 +59,7 @@ from pydantic import Field, model_validator
 from thresher.core import Selector, StageParams, rows
 from thresher.core.counters import cache_hits, cache_misses, count_by_source
 from thresher.models import embedding_cache, embeddings, faiss_index
-from thresher.stages.decontam import embedding, prefilter
+from thresher.stages.decontam import embedding, prefilter, specific
 from thresher.stages.decontam import ngram_index as ngrams
 from thresher.stages.decontam.audit import (
     AUDIT,
@@ -96,7 +101,7 @@ class DecontaminateParams(StageParams):
         20, ge=1, description="Ignore n-grams found in more than this many benchmark items (null: keep all).")
     embed_threshold: float | None = Field(
         None, gt=0.0, le=1.0, description="Also flag rows whose cosine similarity to an item reaches this "
-        "(catches paraphrases); null turns the embedding method off.")
+        "(and `embed_margin`; catches paraphrases); null turns the embedding method off.")
     embed_model: str | None = Field(None, description="Embedding model (the `embed` stage's; null: the bundled one).")
     embed_device: str = Field("auto", description="auto, cpu or cuda.")
     embed_backend: Literal["torch", "onnx", "openvino", "auto"] = Field(
@@ -108,6 +113,11 @@ class DecontaminateParams(StageParams):
     embed_mask_numbers: bool = Field(
         True, description="Embed items and windows with every number replaced by 0, so a copy with "
         "its numbers changed embeds as the item does (MiniLM scores such MATH copies ~0.75 unmasked).")
+    embed_margin: float | None = Field(
+        0.18, ge=0.0, le=1.0, description="A window matches its nearest item only if its cosine to it "
+        "beats the mean of its cosines to its next 9 nearest items by this much (a same-template "
+        "problem is near many items, a copy near one; see `specific.py`), or it holds all of that "
+        "item's numbers (2 or more); null: `embed_threshold` alone.")
     embed_candidates: int = Field(3, ge=1, description="With the prefilter: windows are cut for at most "
                                   "this many best-overlapping items per row (a few windows each).")
     embed_batch_size: int = Field(64, gt=0, description="Texts per model forward.")
@@ -175,6 +185,7 @@ class Decontaminate(Selector):
     _faiss: Any = None
     _cache: Any = None
     _prefilter: Any = None
+    _item_texts: list[str] | None = None
 
     def check(self) -> list[str]:
         p = self.params
@@ -215,7 +226,8 @@ class Decontaminate(Selector):
                 "threshold": p.embed_threshold, "model": p.embed_model, "window": p.embed_window,
                 "stride": p.embed_stride, "index_bytes": int(vectors.nbytes), "backend": p.embed_backend,
                 "prefilter": p.embed_prefilter, "candidates": p.embed_candidates,
-                "mask_numbers": p.embed_mask_numbers, "segments_embedded": len(embed_seg),
+                "mask_numbers": p.embed_mask_numbers, "margin": p.embed_margin,
+                "segments_embedded": len(embed_seg),
                 "item_vectors_from_cache": item_hits},
             "index": {"ngrams": int(len(index.keys)), "bytes": index.nbytes,
                       "segments": len(segs.text), "segments_too_short": int((seg_words < p.min_words).sum()),
@@ -234,8 +246,9 @@ class Decontaminate(Selector):
             self._model = self._load_model()
             self._faiss = embedding.build_index(self.benchmarks.item_vectors)
             self._cache = embedding_cache.open_cache(self.ctx.cache_dir, self._model, True)
+            segs = self.benchmarks.segs
+            self._item_texts = [segs.text[i] for i in self.benchmarks.embed_seg]  # numbers kept
             if p.embed_prefilter is not None:
-                segs = self.benchmarks.segs
                 self._prefilter = prefilter.build([segs.text[i] for i in self.benchmarks.embed_seg])
 
     def _load_model(self):
@@ -274,9 +287,9 @@ class Decontaminate(Selector):
         return columns
 
     def _embed(self, batch: pa.RecordBatch) -> tuple[np.ndarray, Entries]:
-        """Each row's best cosine to an item (over its windows), and entries where it reaches
-        the threshold."""
-        p = self.params
+        """Each row's best cosine to an item (over its windows), and entries for its best window
+        that matches an item (`specific.accept`: threshold, and margin or the item's numbers)."""
+        p, prep = self.params, self.benchmarks
         texts = [t or "" for t in batch.column(rows.TEXT).to_pylist()]
         if self._prefilter is None:
             win_texts, win_row = embedding.windows(texts, p.embed_window, p.embed_stride)
@@ -292,20 +305,24 @@ class Decontaminate(Selector):
             cache_hits(self.name).inc(hits)
             cache_misses(self.name).inc(misses)
         if not len(win_texts):
-            return best, self.benchmarks.entries(np.zeros(0, np.int64), np.zeros(0, np.int64), "embedding",
-                                                 np.zeros(0, np.float32), np.zeros(0, object))
-        sim, idx = faiss_index.search(self._faiss, vecs, 1)
-        sim, idx = sim[:, 0], idx[:, 0]
-        np.maximum.at(best, win_row, sim.astype(np.float32))
-        # The best window of each row, if it reaches the threshold.
-        order = np.lexsort((-sim, win_row))
-        first = np.ones(len(order), bool)
-        first[1:] = win_row[order][1:] != win_row[order][:-1]
-        w = order[first]
-        w = w[sim[w] >= p.embed_threshold]
+            return best, prep.entries(np.zeros(0, np.int64), np.zeros(0, np.int64), "embedding",
+                                      np.zeros(0, np.float32), np.zeros(0, object))
+        k = 1 if p.embed_margin is None else max(1, min(specific.NEIGHBOURS, len(prep.item_vectors)))
+        sims, idxs = faiss_index.search(self._faiss, vecs, k)
+        np.maximum.at(best, win_row, sims[:, 0].astype(np.float32))
+        ok, col = specific.accept(win_texts, sims, idxs, prep.item_vectors, self._item_texts,
+                                  p.embed_threshold, p.embed_margin)
+        rows_w = np.arange(len(win_texts))
+        sim, idx = sims[rows_w, col], idxs[rows_w, col]
+        # The best accepted window of each row.
+        w = np.flatnonzero(ok)
+        w = w[np.lexsort((-sim[w], win_row[w]))]
+        first = np.ones(len(w), bool)
+        first[1:] = win_row[w][1:] != win_row[w][:-1]
+        w = w[first]
         spans = np.asarray([win_texts[i][: p.span_chars] for i in w], dtype=object)
-        seg = self.benchmarks.embed_seg[idx[w]].astype(np.int64)
-        return best, self.benchmarks.entries(win_row[w], seg, "embedding", sim[w], spans)
+        seg = prep.embed_seg[idx[w]].astype(np.int64)
+        return best, prep.entries(win_row[w], seg, "embedding", sim[w], spans)
 
     def decide(self, batch: pa.RecordBatch):
         bench = batch.column(BEST_BENCHMARK).to_pylist()
