@@ -137,7 +137,8 @@ def encode_sorted(model: Any, texts: list[str], batch_size: int = 256, normalize
                 out = torch.empty((n, emb.shape[1]), dtype=torch.float32, device=device)
             out[torch.from_numpy(idx).to(device)] = emb
     if out is None:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), np.float32)
+        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return np.zeros((0, int(dim())), np.float32)
     if normalize:
         out = torch.nn.functional.normalize(out, p=2, dim=1)
     return out.cpu().numpy()
