@@ -105,8 +105,9 @@ class DecontaminateParams(StageParams):
     embed_model: str | None = Field(None, description="Embedding model (the `embed` stage's; null: the bundled one).")
     embed_device: str = Field("auto", description="auto, cpu or cuda.")
     embed_backend: Literal["torch", "onnx", "openvino", "auto"] = Field(
-        "torch", description="The `embed` stage's `backend` (onnx/openvino: int8 on CPU, batch-invariant, "
-        "so the row cache applies; auto: onnx on CPU when installed, torch fp16 on CUDA).")
+        "torch", description="The `embed` stage's `backend` (on CPU, onnx: int8, openvino: fp32; both "
+        "batch-invariant, so the row cache applies; auto: the onnx export that meets the agreement bar "
+        "on CPU when installed, torch fp16 on CUDA).")
     embed_prefilter: float | None = Field(
         0.3, ge=0.0, le=1.0, description="Embed only windows around regions sharing at least this "
         "IDF-weighted fraction of an item's content words (null: every row, as fixed windows).")
