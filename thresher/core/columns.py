@@ -36,6 +36,16 @@ def drop_columns(batch: pa.RecordBatch, names: tuple[str, ...] | list[str]) -> p
     return batch.drop_columns(present) if present else batch
 
 
+def runs_of(labels: np.ndarray):
+    """(label, row indices) for each distinct label, in label order: one stable sort and
+    slices, where a mask per label would scan every row once per label (shuffle buckets)."""
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(labels[order][1:] != labels[order][:-1]) + 1
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(order)], strict=True):
+        if hi > lo:
+            yield labels[order[lo]], order[lo:hi]
+
+
 def find_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(hit mask, position in `sorted_keys`) for each of `keys` — the "row key in a sorted
     set" lookup that global stages use to apply a side input to a batch."""

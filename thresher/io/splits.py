@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import xxhash
 
 from thresher.core import rows
+from thresher.text.hashing import utf8_xxh3
 
 _SALT = 0x5EED_5917_0F_5EED
 
@@ -26,8 +26,7 @@ def split_seed(seed: int) -> int:
 def split_index(ids: pa.Array, fractions: list[float], seed: int) -> np.ndarray:
     """The index (into `fractions`, in recipe order) of each id's split."""
     s = split_seed(seed)
-    h = np.fromiter(map(lambda b: xxhash.xxh3_64_intdigest(b, s), ids.cast(pa.binary()).to_pylist()),
-                    dtype=np.uint64, count=len(ids))
+    h = utf8_xxh3(ids, s)
     # Cumulative bounds on the 64-bit range, the last one the full range, so every row lands.
     bounds = (np.cumsum(fractions)[:-1] * 2.0**64).astype(np.float64)
     return np.searchsorted(bounds, h.astype(np.float64), side="right").astype(np.int32)

@@ -10,15 +10,21 @@ DSIR's features, decontamination's index) is made here, the same way on any mach
   g_m = splitmix64(g_{m-1} * golden + h(t_m)). Every order of a batch is one vectorised pass
   over the previous order, so unigrams..n-grams cost n passes.
 
+Whole strings (texts for exact dedup, row ids for dedup winners, DSIR's noise and splits) are
+hashed with xxh3-64 of their UTF-8 bytes instead: `utf8_xxh3`.
+
 These values are stored: `ngram_features` writes `hash % num_buckets` into the shards, so
 changing anything here changes output bytes (bump `HASH_VERSION`, which the columns carry).
 """
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from thresher.text.tokenize import Tokens
 
@@ -170,3 +176,20 @@ def ngram_orders(tokens: np.ndarray, doc: np.ndarray, ngrams: int) -> list[tuple
         if len(gram) < 2:  # no longer n-gram left
             break
     return out
+
+
+def utf8_xxh3(values: list | pa.Array | pa.ChunkedArray, seed: int = 0) -> np.ndarray:
+    """xxh3-64 of each value's UTF-8 bytes (`seed` taken mod 2**64): the same string gives the
+    same value on any worker. An Arrow string column without nulls is hashed from its own
+    bytes (a zero-copy cast to binary: no str per row); anything else through `str(v)`.
+    `map` with a positional seed is the cheapest per-row call into xxhash (~3x a generator)."""
+    s = seed & 0xFFFFFFFFFFFFFFFF
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array) and not values.null_count and (
+            pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        data = values.cast(pa.large_binary() if pa.types.is_large_string(values.type) else pa.binary()).to_pylist()
+    else:
+        data = [str(v).encode("utf-8", "surrogatepass")
+                for v in (values.to_pylist() if isinstance(values, pa.Array) else values)]
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, data, itertools.repeat(s, len(data))), np.uint64, len(data))

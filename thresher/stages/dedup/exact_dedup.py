@@ -18,11 +18,11 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 from pydantic import Field
 
 from thresher.core import Selector, StageParams, keyed, rows
-from thresher.core.columns import find_sorted
+from thresher.core.columns import find_sorted, runs_of
+from thresher.text.hashing import utf8_xxh3
 
 DUPLICATE_OF = "duplicate_of"
 
@@ -37,10 +37,7 @@ class ExactDedupParams(StageParams):
 def text_hashes(texts: pa.Array, ignore_case_and_space: bool) -> np.ndarray:
     if ignore_case_and_space:
         texts = pc.utf8_lower(pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, r"\s+", " ")))
-    # The UTF-8 bytes straight from Arrow (a zero-copy cast): what str.encode() gave, without
-    # a str per row.
-    data = texts.cast(pa.large_binary() if pa.types.is_large_string(texts.type) else pa.binary())
-    return np.fromiter(map(xxhash.xxh3_64_intdigest, data.to_pylist()), dtype=np.uint64, count=len(texts))
+    return utf8_xxh3(texts)
 
 
 def hash_to_buckets(batch: pa.RecordBatch, params: ExactDedupParams):
@@ -51,12 +48,8 @@ def hash_to_buckets(batch: pa.RecordBatch, params: ExactDedupParams):
     ids = batch.column(rows.ID)
     home = keyed.batch_keys(batch)
     bucket = h % np.uint64(params.buckets)
-    # One sort and slices, not a mask per bucket: this runs on every row of the corpus.
-    order = np.argsort(bucket, kind="stable")
-    cuts = np.flatnonzero(bucket[order][1:] != bucket[order][:-1]) + 1
-    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(order)], strict=True):
-        idx = order[lo:hi]
-        yield int(bucket[idx[0]]), (h[idx], keys[idx], ids.take(pa.array(idx)), home[idx])
+    for b, idx in runs_of(bucket):
+        yield int(b), (h[idx], keys[idx], ids.take(pa.array(idx)), home[idx])
 
 
 def _as_strings(ids) -> pa.Array:

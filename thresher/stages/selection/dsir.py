@@ -8,15 +8,13 @@ pipelines except `TopCandidates`, the combiner the selection runs as.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import xxhash
 
-from thresher.text.hashing import splitmix64
+from thresher.text.hashing import splitmix64, utf8_xxh3
 
 EPS_W, EPS_KL = 1e-8, 1e-10
 RAW_SAMPLE_STREAM = 0xD5117A11  # the uniform stream that picks `raw_fit_fraction`'s rows
@@ -110,16 +108,7 @@ def scores(row: np.ndarray, buckets: np.ndarray, counts: np.ndarray | None, n_to
 def row_hashes(ids: list | pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     """xxh3-64 of each row id's UTF-8 bytes, seeded: the same id gives the same value on any
     worker."""
-    s = seed & 0xFFFFFFFFFFFFFFFF
-    if isinstance(ids, (pa.Array, pa.ChunkedArray)) and pa.types.is_string(ids.type) and not ids.null_count:
-        # Arrow holds the UTF-8 bytes already: no str per row, and `map` with a positional
-        # seed is the cheapest per-row call into xxhash (~3x a generator with seed=).
-        data = ids.cast(pa.binary()).to_pylist()
-    else:
-        if isinstance(ids, (pa.Array, pa.ChunkedArray)):
-            ids = ids.to_pylist()
-        data = [str(i).encode("utf-8", "surrogatepass") for i in ids]
-    return np.fromiter(map(xxhash.xxh3_64_intdigest, data, itertools.repeat(s, len(data))), np.uint64, len(data))
+    return utf8_xxh3(ids, seed)
 
 
 def uniform(h: np.ndarray, stream: int) -> np.ndarray:
