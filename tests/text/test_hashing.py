@@ -153,3 +153,29 @@ def test_decontam_lookup_finds_what_word_tuples_find(shared_data):
     alone = ngi.lookup(index, ngi.split_words(pa.array([rows[10]])))
     assert sorted(zip(alone.seg.tolist(), alone.found.tolist(), strict=True)) == sorted(
         (s, f) for (r, s), (f, *_) in want.items() if r == 10)
+
+
+def test_utf8_xxh3_hashes_the_utf8_bytes_whatever_the_container():
+    import pyarrow as pa
+    import xxhash
+
+    from thresher.text.hashing import utf8_xxh3
+
+    values = ["x", "é", "", "東京", "a" * 300]
+    want = [xxhash.xxh3_64_intdigest(v.encode(), 7) for v in values]
+    arr = pa.array(values)
+    for given in (arr, arr.cast(pa.large_string()), pa.chunked_array([arr[:2], arr[2:]]), values):
+        assert utf8_xxh3(given, 7).tolist() == want
+    assert utf8_xxh3(arr).tolist() == [xxhash.xxh3_64_intdigest(v.encode()) for v in values]
+    assert utf8_xxh3(pa.array(["a", None])).tolist() == [xxhash.xxh3_64_intdigest(b"a"),
+                                                          xxhash.xxh3_64_intdigest(b"None")]
+
+
+def test_runs_of_gives_each_label_its_rows_in_order():
+    import numpy as np
+
+    from thresher.core.columns import runs_of
+
+    got = [(int(label), idx.tolist()) for label, idx in runs_of(np.array([3, 1, 3, 0, 1], np.uint64))]
+    assert got == [(0, [3]), (1, [1, 4]), (3, [0, 2])]
+    assert list(runs_of(np.array([], np.uint64))) == []
