@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.models import embeddings
+from thresher.models import embedding_backends, embeddings
 from thresher.stages.decontam import prefilter, specific
 from thresher.stages.decontam.decontaminate import Decontaminate
 from thresher.stages.decontam.embedding import mask_numbers
@@ -191,12 +191,17 @@ def _jsonl(path: Path, start: int = 0, stop: int | None = None) -> list[dict]:
 
 
 @pytest.mark.slow
+# Not openvino: it runs the fp32 export `auto` runs, to the same vectors (tests/models).
+@pytest.mark.parametrize("backend", ["auto", "torch", "onnx"])
 def test_real_model_finds_plants_and_held_out_paraphrases_in_pool_rows_without_false_positives(
-        shared_data, tmp_path):
-    """The bundled MiniLM (backend auto), GSM8K + MATH-500 items (the first 50 / 60), real pool
-    rows: number-substituted copies and the held-out paraphrases (written after the windows were
-    designed) put in the middle of real rows, next to clean pool rows and GSM8K *train* questions."""
+        shared_data, tmp_path, backend):
+    """The bundled MiniLM on each `embed_backend` (auto: the fp32 export; onnx: int8), GSM8K +
+    MATH-500 items (the first 50 / 60), real pool rows: number-substituted copies and the
+    held-out paraphrases (written after the windows were designed) put in the middle of real
+    rows, next to clean pool rows and GSM8K *train* questions."""
     pytest.importorskip("faiss")
+    if backend != "torch" and embedding_backends.backend_problem(backend):
+        pytest.skip(embedding_backends.backend_problem(backend))
     import random
 
     from thresher.stages.decontam.decontaminate import BEST_BENCHMARK
@@ -220,7 +225,7 @@ def test_real_model_finds_plants_and_held_out_paraphrases_in_pool_rows_without_f
     for k, (item, t) in enumerate([(i, t) for b in ("gsm8k", "math500") for i, t in HELD_OUT[b].items()]):
         w = paras[k]
         buried.append({"id": f"buried/{item}", "text": " ".join(w[:len(w) // 2] + [t] + w[len(w) // 2:])})
-    stage = _stage_for(shared_data, tmp_path)
+    stage = _stage_for(shared_data, tmp_path, backend)
     records = clean + train + planted + buried
     got = dict(zip([r["id"] for r in records],
                    stage.score(make_batch(records, "pool"))[BEST_BENCHMARK].to_pylist(), strict=True))
@@ -233,7 +238,7 @@ def test_real_model_finds_plants_and_held_out_paraphrases_in_pool_rows_without_f
     assert found == {"clean": 0, "train": 0, "plant": 38, "buried": 21}
 
 
-def _stage_for(shared_data, out):
+def _stage_for(shared_data, out, backend="auto"):
     from thresher.core.context import StageContext
     from thresher.recipe.load import validate_recipe
 
@@ -243,7 +248,7 @@ def _stage_for(shared_data, out):
             "benchmarks": [{"preset": "gsm8k", "paths": [str(shared_data / "gsm8k" / "test.jsonl.gz")], "limit": 50},
                            {"preset": "math500", "paths": [str(shared_data / "math500" / "test.jsonl.gz")],
                             "limit": 60}],
-            "embed_threshold": 0.85, "embed_backend": "auto"}}]}, base_dir=str(out))
+            "embed_threshold": 0.85, "embed_backend": backend}}]}, base_dir=str(out))
     ctx = StageContext(name="decontaminate", seed=0, out_dir=str(out), work_dir=str(out / "_work"), recipe=recipe)
     stage = Decontaminate(recipe.stages[0].params, ctx)
     stage.prepare()
