@@ -1,7 +1,8 @@
 """Bench: DSIR's marginal cost — the official `data-selection` package vs thresher, same rows.
 
     .venv/bin/python bench/dsir.py [--pairs POOL/TARGET ...] [--k 20000] [--min-tokens 5]
-                                   [--workers 1] [--runner local|dask] [--small 0.1] [--repeat 3] [--no-kl]
+                                   [--workers 1] [--runner local|dask] [--small 0.1] [--repeat 3] [--runs 3]
+                                   [--no-kl]
 
 e.g. `--pairs sentences/mmlu sentences/python_docstrings general/arc` prints one ratio per pair.
 
@@ -18,12 +19,16 @@ Targets: `math_word_problems` (9,473 questions) and `python_docstrings` (3,327) 
 `--min-tokens` tokens (the official package's `min_example_length`, whose default of 100
 would drop most of these pools).
 
-Marginal cost. Each side runs twice per pair, each run in its own subprocess: on the whole
+Marginal cost. Each side runs at two sizes per pair, each run in its own subprocess: on the whole
 pool (N rows, k) and on the first `--small` of every pool file (n rows, k scaled alike), both
 with the whole target. A side's marginal cost is T(N) - T(n): the time the extra N - n pool
 rows cost. What does not grow with the pool — interpreter and imports, process pools, Beam's
 pipeline construction and start-up, reading and featurising the target, the model — is in
-both runs and cancels. T counts from the first call that touches data:
+both runs and cancels — on average: between runs it varies by more than thresher's marginal cost
+on a shared machine (starting dask workers alone costs ~4 CPU-s each), so thresher runs
+`--runs` times per size, interleaved, and its median T and median CPU seconds count (the
+official side runs once per size: its marginal cost is ~10x its noise). T counts from the
+first call that touches data:
 * official — `HashedNgramDSIR(num_proc=os.cpu_count())` (its default, all cores; its other
   defaults kept but `min_example_length`), then fit_importance_estimator +
   compute_importance_weights + resample (numpy's global RNG seeded: it has no seed); the
@@ -264,6 +269,16 @@ def run_side(side: str, pool: Path, target: Path, out: Path, k: int, args) -> di
     return json.loads(line[-1][7:])
 
 
+def _median(runs: list[dict]) -> dict:
+    """The run of median total time, with the median CPU seconds of all runs."""
+    mid = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
+    return {**mid, "cpu": sorted(r["cpu"] for r in runs)[len(runs) // 2]}
+
+
+def _spread(runs: list[dict]) -> str:
+    return "-".join(f"{x:.1f}" for x in (min(r["total"] for r in runs), max(r["total"] for r in runs)))
+
+
 def bench_pair(pair: str, args) -> float:
     pool_name, _, target_name = pair.partition("/")
     work = Path(tempfile.mkdtemp(prefix="thresher_dsir_bench_"))
@@ -273,12 +288,14 @@ def bench_pair(pair: str, args) -> float:
         print(f"\n== {pair}: pool {n:,} rows (small run: {n_small:,}, k {k_small:,}); target {n_target:,} rows; "
               f"k = {args.k:,}; min tokens = {args.min_tokens}; load average {_load()}", flush=True)
         target = work / "target.jsonl"
-        res: dict[tuple[str, str], dict] = {}
+        runs: dict[tuple[str, str], list[dict]] = {}
         # ABBA over (side, size): slow drift in the machine's load hits both sides alike.
-        for side, size in (("official", "full"), ("thresher", "full"), ("thresher", "small"),
-                           ("official", "small")):
-            res[side, size] = run_side(side, work / size, target, work / f"{side}-{size}",
-                                       args.k if size == "full" else k_small, args)
+        for side, size in ([("official", "full")] + [("thresher", "full"), ("thresher", "small")] * args.runs
+                           + [("official", "small")]):
+            runs.setdefault((side, size), []).append(
+                run_side(side, work / size, target, work / f"{side}-{size}", args.k if size == "full" else k_small,
+                         args))
+        res = {key: _median(r) for key, r in runs.items()}
         sides = ("official", "thresher")
         marginal = {s: res[s, "full"]["total"] - res[s, "small"]["total"] for s in sides}
         cpu = {s: res[s, "full"]["cpu"] - res[s, "small"]["cpu"] for s in sides}
@@ -288,7 +305,11 @@ def bench_pair(pair: str, args) -> float:
             r = res[side, "full"]
             phases = (f"fit {r['fit']:.1f} / weights {r['weights']:.1f} / resample {r['resample']:.1f} s"
                       if side == "official" else "one pipeline: read + fit + weights + resample + write")
-            print(f"{side:9s} total {r['total']:.1f} s ({phases}), small run {res[side, 'small']['total']:.1f} s; "
+            spread = "" if len(runs[side, "full"]) == 1 else (
+                f" [median of {len(runs[side, 'full'])} runs each; totals {_spread(runs[side, 'full'])} / "
+                f"{_spread(runs[side, 'small'])} s]")
+            print(f"{side:9s} total {r['total']:.1f} s ({phases}), small run {res[side, 'small']['total']:.1f} s"
+                  f"{spread}; "
                   f"marginal {marginal[side]:.1f} s = {1e6 * marginal[side] / (n - n_small):.1f} µs/row "
                   f"(CPU {cpu[side]:.1f} s of all its processes); "
                   f"peak RSS {r['rss_mb']:.0f} MB (largest reaped worker {r['worker_rss_mb']:.0f} MB); "
@@ -323,6 +344,9 @@ def main() -> None:
                     help="thresher's runner: the local FnApiRunner or a Dask LocalCluster of --workers workers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", type=float, default=0.1, help="the small run's share of each pool file")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="thresher's runs per pool size (odd; the median counts): its fixed cost, most of "
+                    "a run, varies by more than its marginal cost between runs on a shared machine")
     ap.add_argument("--no-kl", dest="kl", action="store_false", help="skip the KL comparison (~1 min a pair)")
     ap.add_argument("--side", choices=["official", "thresher"], help=argparse.SUPPRESS)
     ap.add_argument("--pool-dir", help=argparse.SUPPRESS)

@@ -5,6 +5,7 @@ groups as a plain GroupByKey. No cluster: the graph is built, or its worker func
 from __future__ import annotations
 
 import pickle
+import platform
 
 import apache_beam as beam
 import pytest
@@ -105,3 +106,21 @@ def test_other_cogroupbykeys_shuffle_by_hash():
     _ = {"rows": a, "parts": b} | "J" >> beam.CoGroupByKey()
     t = _translate(p)
     assert t.slots[_bag_of(t, "J/CoGroupByKeyImpl/GroupByKey").name] == [0, 1, 0, 1]
+
+
+def test_shuffle_tasks_are_named_after_their_step():
+    p = beam.Pipeline(options=PipelineOptions(flags=[]))
+    _ = p | beam.Create([(1, "x"), (2, "y"), (1, "z")]) | "Pairs" >> beam.GroupByKey()
+    t = _translate(p)
+    keys = {k for k in _bag_of(t, "Pairs").__dask_graph__() if isinstance(k, str)}
+    # 3 input partitions (one per Create element) -> 3 splits; min(3, 2 x workers) = 3 joins.
+    assert sorted(k for k in keys if k.startswith("Pairs/")) == [
+        f"Pairs/{step}-run-{i}" for step in ("join", "split") for i in range(3)]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_untrim_malloc_acts_only_where_dask_set_the_trim_threshold(monkeypatch):
+    monkeypatch.delenv(bundles.MALLOC_TRIM, raising=False)
+    assert bundles.untrim_malloc() is False
+    monkeypatch.setenv(bundles.MALLOC_TRIM, "65536")
+    assert bundles.untrim_malloc() is True

@@ -145,7 +145,8 @@ class Translate(PipelineVisitor):
                 bag = self._new(lambda: db.from_sequence([], npartitions=1), [0])
         elif isinstance(t, beam.GroupByKey):
             anchors = self._anchor_partitions(main[0])
-            bag = self._group_in_place(ins[0], anchors) if anchors else self._group_by_key(ins[0])
+            bag = (self._group_in_place(ins[0], anchors) if anchors
+                   else self._group_by_key(ins[0], applied.full_label))
         else:
             self._pardo(applied, ins[0])
             return
@@ -155,7 +156,7 @@ class Translate(PipelineVisitor):
     def _round_robin(self, n: int) -> list[int]:
         return [i % self.workers for i in range(n)]
 
-    def _group_by_key(self, bag):
+    def _group_by_key(self, bag, label: str):
         """P split tasks, P x Q bucket picks, Q joins: a flat shuffle (dask.bag's task shuffle made
         ~300 tasks per GroupByKey of 16 partitions, most of a small run's time). Q: enough to keep
         every worker busy, few enough that the picks stay cheap (most GroupByKeys here are
@@ -168,13 +169,19 @@ class Translate(PipelineVisitor):
         picks = []
         for part, slot in zip(bag.to_delayed(optimize_graph=False), self.slots[bag.name], strict=True):
             with self._at(slot):
-                split = dask.delayed(bundles.split)(part, q, [s != slot for s in out_slots])
+                split = dask.delayed(bundles.split)(part, q, [s != slot for s in out_slots],
+                                                    dask_key_name=self._key(label, "split", len(picks)))
                 picks.append([split[j] for j in range(q)])
         joins = []
         for j, slot in enumerate(out_slots):
             with self._at(slot):
-                joins.append(dask.delayed(bundles.join)(*[p[j] for p in picks]))
+                joins.append(dask.delayed(bundles.join)(*[p[j] for p in picks],
+                                                        dask_key_name=self._key(label, "join", j)))
         return self._new(lambda: db.from_delayed(joins), out_slots)
+
+    def _key(self, label: str, step: str, i: int) -> str:
+        # Named after the Beam step, so the dashboard and task stream say which shuffle runs.
+        return f"{label}/{step}-{self.run_id}-{i}"
 
     def _anchor_partitions(self, pc) -> list[int]:
         """The partitions of a GroupByKey's input that hold keyed batches: those of a Flatten's

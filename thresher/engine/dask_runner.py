@@ -58,6 +58,13 @@ Scope: bounded pipelines in the global window (what thresher builds); other prim
 collected; distributions and gauges are not. `teardown()` is not called (workers keep DoFns until
 the next run reaches them).
 
+Workers' malloc: dask's nanny starts every worker with `MALLOC_TRIM_THRESHOLD_=65536`, which
+pins glibc's mmap threshold at 128 KiB: each NumPy/Arrow temporary of a record batch was then a
+fresh mmap, page-faulted in and unmapped again (the DSIR featuriser took 3.4x its CPU; a
+2-worker DSIR run's marginal CPU per 253k rows fell from 5.6-5.8 s to 1.6-2.9 s without it).
+A LocalCluster's workers start without it; a joined cluster's workers get glibc's own dynamic
+limits set at the start of each run (`dask_bundles.untrim_malloc`).
+
 Workers import thresher: a LocalCluster runs in this venv; a cluster elsewhere needs
 `pip install thresher[dask]` (the same version) on every worker, and the run's input and
 output paths must be readable from the workers (a shared mount or object storage).
@@ -247,8 +254,11 @@ class ThresherDaskRunner(PipelineRunner):
             # Work stealing off: it moved partitions (record batches) to balance load, costing more
             # CPU in copies than it saved (dask_graph places each partition on a worker). The
             # workers' statistical profiler (a stack sample every 10 ms) only feeds a dashboard.
+            # No MALLOC_TRIM_THRESHOLD_ for the workers (dask sets 65536 before spawning them, and
+            # in this process's environment): see `dask_bundles.untrim_malloc`.
             with dask.config.set({"distributed.scheduler.work-stealing": False,
-                                  "distributed.worker.profile.enabled": False}):
+                                  "distributed.worker.profile.enabled": False,
+                                  f"distributed.nanny.pre-spawn-environ.{bundles.MALLOC_TRIM}": None}):
                 cluster = LocalCluster(n_workers=int(opts.get(WORKERS) or 1), threads_per_worker=1, processes=True,
                                        dashboard_address=":0")  # any free port: never clash with a neighbour's
             client = Client(cluster)
@@ -259,6 +269,10 @@ class ThresherDaskRunner(PipelineRunner):
             if not addresses:
                 raise RuntimeError(f"runner: dask: the cluster at {client.scheduler.address} has no workers; "
                                    "start some (dask worker ADDRESS) and run again")
+            untrimmed = [w for w, changed in client.run(bundles.untrim_malloc).items() if changed]
+            if untrimmed:  # a joined cluster's workers, mostly (`dask worker` starts them with it)
+                log.info("dask: %d worker(s) run with %s set: glibc's malloc thresholds raised there "
+                         "(dask_bundles.untrim_malloc)", len(untrimmed), bundles.MALLOC_TRIM)
             t1 = time.perf_counter()
             visitor = Translate(uuid.uuid4().hex, addresses)
             pipeline.visit(visitor)
