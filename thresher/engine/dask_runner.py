@@ -269,8 +269,11 @@ class ThresherDaskRunner(PipelineRunner):
             if not addresses:
                 raise RuntimeError(f"runner: dask: the cluster at {client.scheduler.address} has no workers; "
                                    "start some (dask worker ADDRESS) and run again")
-            untrimmed = [w for w, changed in client.run(bundles.untrim_malloc).items() if changed]
-            if untrimmed:  # a joined cluster's workers, mostly (`dask worker` starts them with it)
+            # A joined cluster's workers only (`dask worker` starts them with the variable): ours
+            # start without it, and this call would make the run wait for their imports.
+            untrimmed = ([] if cluster is not None else
+                         [w for w, changed in client.run(bundles.untrim_malloc).items() if changed])
+            if untrimmed:
                 log.info("dask: %d worker(s) run with %s set: glibc's malloc thresholds raised there "
                          "(dask_bundles.untrim_malloc)", len(untrimmed), bundles.MALLOC_TRIM)
             t1 = time.perf_counter()
