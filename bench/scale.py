@@ -1,7 +1,7 @@
 """Bench: parallel speed-up — ingest + exact dedup + DSIR on 1 and 2 workers, local runner and
 dask, next to a plain pyarrow loop doing the same work.
 
-    .venv/bin/python bench/scale.py [--copies 7] [--k 50000] [--only baseline,local1,dask2,...]
+    .venv/bin/python bench/scale.py [--copies 7] [--k 50000] [--only baseline,local1,dask2,...] [--rounds 1]
 
 Corpus (written once under bench/_data/scale/, reused): ../shared/data/general_pool (73,038
 paragraphs) repeated `--copies` times (7 -> 511,266 rows) with fresh ids, each copy's text
@@ -21,7 +21,10 @@ Runs, each in its own subprocess (its own imports, peak RSS and start-up, all ti
 
 Prints, per run, rows out, seconds, docs/s (rows in / s), peak RSS and the 1-minute load
 average before and after (the machine is shared: compare only ratios from one command), then
-each run's ratio to the baseline and each runner's 2-worker / 1-worker speed-up.
+each run's ratio to the baseline and each runner's 2-worker / 1-worker speed-up. `--rounds N`
+runs the whole set N times, the order reversed every other round (so slow drift in the
+machine's speed hits every run alike), and the ratios use each run's median seconds: on this
+VM the same run's CPU seconds vary by up to 1.7x within an hour.
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=7, help="pool copies (7 x 73,038 = 511,266 rows)")
     ap.add_argument("--k", type=int, default=50_000, help="rows DSIR selects")
     ap.add_argument("--only", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each mode (median counts)")
     ap.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     paths, rows_in = build_corpus(args.copies)
@@ -196,18 +200,26 @@ def main() -> None:
     print(f"corpus: {rows_in:,} rows in {len(paths)} JSONL.gz files; DSIR k={args.k:,}; cpus={os.cpu_count()}")
     print(f"{'run':9s} {'rows out':>9s} {'seconds':>8s} {'CPU s':>7s} {'docs/s':>9s} {'peak RSS':>9s}  "
           "load avg before/after")
-    results = {}
-    for mode in [m for m in RUNS if m in args.only.split(",")]:
+    runs: dict[str, list[dict]] = {}
+    modes = [m for m in RUNS if m in args.only.split(",")]
+    for mode in [m for i in range(args.rounds) for m in (modes if i % 2 == 0 else modes[::-1])]:
         load0 = os.getloadavg()[0]
         cmd = [sys.executable, __file__, "--child", mode, "--copies", str(args.copies), "--k", str(args.k)]
         p = subprocess.run(cmd, capture_output=True, text=True)
         load1 = os.getloadavg()[0]
         if p.returncode != 0:
             sys.exit(f"{mode} failed:\n{p.stderr[-4000:]}")
-        r = results[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        runs.setdefault(mode, []).append(r)
         print(f"{mode:9s} {r['rows_out']:>9,} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {rows_in / r['seconds']:>9,.0f} "
               f"{r['peak_rss'] / 2**20:>6,.0f} MiB  {load0:.1f} / {load1:.1f}", flush=True)
-    outs = {r["rows_out"] for r in results.values()}
+    # Each mode's run of median seconds (the upper median for an even count).
+    results = {m: sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2] for m, rs in runs.items()}
+    if args.rounds > 1:
+        print(f"medians of {args.rounds} rounds: " + ", ".join(
+            f"{m} {r['seconds']:.1f} s ({min(x['seconds'] for x in runs[m]):.1f}-"
+            f"{max(x['seconds'] for x in runs[m]):.1f})" for m, r in results.items()))
+    outs = {r["rows_out"] for rs in runs.values() for r in rs}
     assert len(outs) == 1, f"every run must select the same number of rows: {outs}"
     if "baseline" in results:
         b = results["baseline"]["seconds"]
