@@ -137,8 +137,6 @@ def exit_at_once() -> None:
     (the nanny's limit, then a kill) on a busy one, all of it inside the timed run."""
     import atexit
     import logging
-    import os
-    import sys
 
     def leave() -> None:
         logging.shutdown()
@@ -156,7 +154,7 @@ MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 
 def untrim_malloc() -> bool:
-    """On each worker (`Client.run`, as a run starts): undo what `MALLOC_TRIM_THRESHOLD_` (set by
+    """On each worker of a joined cluster (`Client.run`, as a run starts): undo what `MALLOC_TRIM_THRESHOLD_` (set by
     dask's nanny before it starts a worker: `dask worker` does) does to glibc's malloc. It pins the
     mmap threshold at 128 KiB, so every NumPy/Arrow temporary of a record batch was a fresh
     mmap, page-faulted in and unmapped again: 3.4x the CPU of DSIR's featuriser (1.0M page
