@@ -19,7 +19,8 @@ Runs, each in its own subprocess (its own imports, peak RSS and start-up, all ti
 * dask1 / dask2 — the same recipe with `runner: dask`, a LocalCluster of 1 / 2 worker
   processes (one thread each), started inside the timed run.
 
-Prints, per run, rows out, seconds, docs/s (rows in / s), peak RSS and the 1-minute load
+Prints, per run, rows out, seconds, docs/s (rows in / s), peak RSS (the largest sum over the
+run's processes, sampled every 0.1 s) and the 1-minute load
 average before and after (the machine is shared: compare only ratios from one command), then
 each run's ratio to the baseline and each runner's 2-worker / 1-worker speed-up. `--rounds N`
 runs the whole set N times, the order reversed every other round (so slow drift in the
@@ -37,6 +38,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -168,21 +170,57 @@ def run_thresher(paths: list[Path], out: Path, k: int, runner: str, workers: int
 def child(mode: str, paths: list[Path], k: int) -> None:
     out = DATA / f"out-{mode}"
     shutil.rmtree(out, ignore_errors=True)
+    sampler = _PeakRss()
+    sampler.start()
     t0, cpu0 = time.perf_counter(), _cpu_s()
     if mode == "baseline":
         rows = run_baseline(paths, out, k)
     else:
         rows = run_thresher(paths, out, k, mode[:-1], int(mode[-1]))
     secs, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
-    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "cpu": cpu, "peak_rss": peak * 1024}))
+    sampler.done.set()
+    sampler.join()
+    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "cpu": cpu, "peak_rss": sampler.peak}))
+
+
+class _PeakRss(threading.Thread):
+    """The largest sum of resident memory over this process and all its descendants, sampled
+    every 0.1 s: a forked dask worker's own peak is not in this process's rusage (the
+    forkserver reaps it)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.done, self.peak = threading.Event(), 0
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.done.wait(0.1):
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak = max(self.peak, total)
 
 
 def _cpu_s() -> float:
-    """CPU seconds of this process and its reaped children (a LocalCluster's workers are
-    children of the run's process and are reaped when it closes)."""
+    """CPU seconds of this process, its reaped children, and its live children with the
+    children they reaped: a LocalCluster's workers are forked from multiprocessing's forkserver
+    (`engine/dask_forkserver.py`), which outlives the run and reaps them itself."""
+    import psutil
+
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    live = 0.0
+    for child in psutil.Process().children():
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        live += t.user + t.system + t.children_user + t.children_system
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + live
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from thresher.core import counters as names
-from thresher.engine import duplicate_ids, snapshots
+from thresher.engine import dask_forkserver, duplicate_ids, snapshots
 from thresher.engine.output_plan import shard_spec
 from thresher.engine.plan import RunPlan
 from thresher.io import fs, splits
@@ -101,6 +101,10 @@ def build(plan: RunPlan, pipeline) -> None:
 
 def run_pipeline(plan: RunPlan) -> RunResult:
     """Run the plan's Beam pipeline to completion and collect its results."""
+    if plan.local_dask:
+        # A LocalCluster's workers fork from a server that imports thresher while this process
+        # builds the graph (`engine/dask_forkserver.py`).
+        dask_forkserver.prestart(sorted({type(s).__module__ for s in plan.stages}))
     start_snapshot(plan)
     log.info("writing snapshot %s", plan.out_dir)
     t0 = time.perf_counter()

@@ -65,6 +65,9 @@ fresh mmap, page-faulted in and unmapped again (the DSIR featuriser took 3.4x it
 A LocalCluster's workers start without it; a joined cluster's workers get glibc's own dynamic
 limits set at the start of each run (`dask_bundles.untrim_malloc`).
 
+A LocalCluster's workers are forked from a forkserver that has thresher imported
+(`engine/dask_forkserver.py`), not spawned: each spawned worker spent 2.5-4.5 s importing.
+
 Workers import thresher: a LocalCluster runs in this venv; a cluster elsewhere needs
 `pip install thresher[dask]` (the same version) on every worker, and the run's input and
 output paths must be readable from the workers (a shared mount or object storage).
@@ -85,6 +88,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineRunner, PipelineS
 from apache_beam.transforms.combiners import LiftedCombinePerKey
 
 from thresher.engine import dask_bundles as bundles
+from thresher.engine import dask_forkserver
 from thresher.engine.dask_graph import CreateValues, Identity, Translate
 
 log = logging.getLogger("thresher.dask")
@@ -256,11 +260,24 @@ class ThresherDaskRunner(PipelineRunner):
             # workers' statistical profiler (a stack sample every 10 ms) only feeds a dashboard.
             # No MALLOC_TRIM_THRESHOLD_ for the workers (dask sets 65536 before spawning them, and
             # in this process's environment): see `dask_bundles.untrim_malloc`.
-            with dask.config.set({"distributed.scheduler.work-stealing": False,
-                                  "distributed.worker.profile.enabled": False,
-                                  f"distributed.nanny.pre-spawn-environ.{bundles.MALLOC_TRIM}": None}):
+            # Workers forked from a preloaded server when the platform has one (`dask_forkserver`).
+            fork = dask_forkserver.usable()
+            # The driver's process hosts the scheduler and the nannies, on the cores the workers
+            # use: their periodic work (event-loop ticks every 20 ms, system and memory monitors
+            # every 0.5 s / 0.1 s) cost a 2-worker run of bench/scale.py ~2.4 CPU-s and 1.5 s of
+            # wall on 2 cores. Memory is still checked twice a second.
+            config = {"distributed.scheduler.work-stealing": False,
+                      "distributed.worker.profile.enabled": False,
+                      "distributed.admin.tick.interval": "1s",
+                      "distributed.admin.system-monitor.interval": "2s",
+                      "distributed.worker.memory.monitor-interval": "500ms",
+                      f"distributed.nanny.pre-spawn-environ.{bundles.MALLOC_TRIM}": None}
+            if fork:
+                config["distributed.worker.multiprocessing-method"] = "forkserver"
+            with dask.config.set(config):
                 cluster = LocalCluster(n_workers=int(opts.get(WORKERS) or 1), threads_per_worker=1, processes=True,
-                                       dashboard_address=":0")  # any free port: never clash with a neighbour's
+                                       dashboard_address=":0",  # any free port: never clash with a neighbour's
+                                       **({"env": dask_forkserver.worker_env()} if fork else {}))
             client = Client(cluster)
         try:
             addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])

@@ -95,6 +95,11 @@ class RunPlan(BaseModel):
     def source_names(self) -> list[str]:
         return [s.name for s in self.recipe.sources]
 
+    @property
+    def local_dask(self) -> bool:
+        """`runner: dask` on a LocalCluster this run starts (no `dask_client_address`)."""
+        return self.runner == _DASK_RUNNER and not self.runner_options.get("dask_client_address")
+
     def pipeline_options(self):
         from apache_beam.options.pipeline_options import PipelineOptions
 
