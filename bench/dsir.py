@@ -41,7 +41,7 @@ Ratio = official marginal / thresher marginal, in wall-clock seconds (also print
 ratio in CPU seconds of all of a side's processes — steadier on a shared machine, and blind
 to the official package's use of every core — and the ratio of whole-pool totals).
 
-Peak RSS = the side's ru_maxrss, plus the largest worker process it reaped. KL reduction =
+Peak RSS = the largest sum of PSS over the side's processes, sampled (`bench/procstats.py`). KL reduction =
 KL(target||pool) - KL(target||selected) on hashed n-gram distributions, for the whole-pool
 runs; each selection is scored with both featurisers (thresher's hash and the official
 sha256 one), so the two are compared on the same yardstick.
@@ -55,13 +55,14 @@ import gzip
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procstats import PeakRss, cpu_s  # bench/ is this script's folder: on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -130,20 +131,9 @@ def build_pair(work: Path, pool: str, target: str, repeat: int, small: float) ->
     return n_full, n_small, len(texts)
 
 
-def _cpu_s() -> float:
-    """CPU seconds of this process and of its reaped children (user + system)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def _load() -> str:
     """The 1/5/15-minute load averages (the machine may be shared: compare with its cores)."""
     return "/".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
-
-
-def _peak_mb() -> tuple[float, float]:
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
 def run_official(pool: Path, target: Path, out: Path, k: int, min_tokens: int) -> dict:
@@ -154,25 +144,25 @@ def run_official(pool: Path, target: Path, out: Path, k: int, min_tokens: int) -
     files = sorted(glob.glob(str(pool / "pool-*.jsonl")))
     dsir = HashedNgramDSIR(files, [str(target)], cache_dir=str(out / "off_cache"),
                            num_proc=os.cpu_count(), min_example_length=min_tokens)
-    cpu0, t0 = _cpu_s(), time.perf_counter()
-    dsir.fit_importance_estimator()
-    t1 = time.perf_counter()
-    dsir.compute_importance_weights()
-    t2 = time.perf_counter()
-    dsir.resample(out_dir=str(out / "off_out"), num_to_sample=k, cache_dir=str(out / "off_resample"))
-    t3 = time.perf_counter()
-    # joblib keeps its worker processes for reuse: end them so their CPU time is counted.
-    from joblib.externals.loky import get_reusable_executor
+    with PeakRss() as peak:
+        cpu0, t0 = cpu_s(), time.perf_counter()
+        dsir.fit_importance_estimator()
+        t1 = time.perf_counter()
+        dsir.compute_importance_weights()
+        t2 = time.perf_counter()
+        dsir.resample(out_dir=str(out / "off_out"), num_to_sample=k, cache_dir=str(out / "off_resample"))
+        t3 = time.perf_counter()
+        # joblib keeps its worker processes for reuse: end them so their CPU time is counted.
+        from joblib.externals.loky import get_reusable_executor
 
-    get_reusable_executor().shutdown(wait=True)
-    cpu = _cpu_s() - cpu0
+        get_reusable_executor().shutdown(wait=True)
+        cpu = cpu_s() - cpu0
     ids = []
     for f in sorted(glob.glob(str(out / "off_out" / "*.jsonl"))):
         with open(f) as fh:
             ids += [json.loads(line)["id"] for line in fh]
-    rss, child = _peak_mb()
     return {"fit": t1 - t0, "weights": t2 - t1, "resample": t3 - t2, "total": t3 - t0, "cpu": cpu, "ids": ids,
-            "rss_mb": rss, "worker_rss_mb": child}
+            "rss_mb": peak.bytes / 2**20}
 
 
 def run_thresher(pool: Path, target: Path, out: Path, k: int, min_tokens: int, workers: int, seed: int,
@@ -195,14 +185,14 @@ def run_thresher(pool: Path, target: Path, out: Path, k: int, min_tokens: int, w
         "stages": [{"type": "importance_resample", "params": {
             "k": k, "min_tokens": min_tokens, "target": [{"name": "target", "paths": [str(target)]}]}}],
         "output": {"dir": str(out / "thr_out")}, "runner": run})
-    cpu0, t0 = _cpu_s(), time.perf_counter()
-    res = run_pipeline(make_plan(recipe))
-    total, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+    with PeakRss() as peak:
+        cpu0, t0 = cpu_s(), time.perf_counter()
+        res = run_pipeline(make_plan(recipe))
+        total, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     ids = []
     for shard in res.shards:  # run_pipeline writes no manifest (the CLI does): its own list
         ids += read_shard(os.path.join(res.out_dir, shard["path"])).column("id").to_pylist()
-    rss, child = _peak_mb()
-    return {"total": total, "cpu": cpu, "ids": ids, "rss_mb": rss, "worker_rss_mb": child,
+    return {"total": total, "cpu": cpu, "ids": ids, "rss_mb": peak.bytes / 2**20,
             "report_kl_reduction": res.reports["importance_resample"]["kl_reduction"]}
 
 
@@ -312,7 +302,7 @@ def bench_pair(pair: str, args) -> float:
                   f"{spread}; "
                   f"marginal {marginal[side]:.1f} s = {1e6 * marginal[side] / (n - n_small):.1f} µs/row "
                   f"(CPU {cpu[side]:.1f} s of all its processes); "
-                  f"peak RSS {r['rss_mb']:.0f} MB (largest reaped worker {r['worker_rss_mb']:.0f} MB); "
+                  f"peak RSS {r['rss_mb']:.0f} MB (all its processes); "
                   f"selected {len(r['ids']):,}"
                   + ("; KL reduction: " + ", ".join(f"{v:.4f} ({f})" for f, v in kl[side].items()) if kl else ""))
         print(f"thresher report's own KL reduction: {res['thresher', 'full']['report_kl_reduction']:.4f}")

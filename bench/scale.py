@@ -19,8 +19,8 @@ Runs, each in its own subprocess (its own imports, peak RSS and start-up, all ti
 * dask1 / dask2 — the same recipe with `runner: dask`, a LocalCluster of 1 / 2 worker
   processes (one thread each), started inside the timed run.
 
-Prints, per run, rows out, seconds, docs/s (rows in / s), peak RSS (the largest sum over the
-run's processes, sampled every 0.1 s) and the 1-minute load
+Prints, per run, rows out, seconds, docs/s (rows in / s), peak memory (the largest sum of PSS
+over the run's processes, sampled every 0.1 s) and the 1-minute load
 average before and after (the machine is shared: compare only ratios from one command), then
 each run's ratio to the baseline and each runner's 2-worker / 1-worker speed-up. `--rounds N`
 runs the whole set N times, the order reversed every other round (so slow drift in the
@@ -34,13 +34,13 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from procstats import PeakRss, cpu_s  # bench/ is this script's folder: on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("THRESHER_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -170,57 +170,14 @@ def run_thresher(paths: list[Path], out: Path, k: int, runner: str, workers: int
 def child(mode: str, paths: list[Path], k: int) -> None:
     out = DATA / f"out-{mode}"
     shutil.rmtree(out, ignore_errors=True)
-    sampler = _PeakRss()
-    sampler.start()
-    t0, cpu0 = time.perf_counter(), _cpu_s()
-    if mode == "baseline":
-        rows = run_baseline(paths, out, k)
-    else:
-        rows = run_thresher(paths, out, k, mode[:-1], int(mode[-1]))
-    secs, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
-    sampler.done.set()
-    sampler.join()
-    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "cpu": cpu, "peak_rss": sampler.peak}))
-
-
-class _PeakRss(threading.Thread):
-    """The largest sum of resident memory over this process and all its descendants, sampled
-    every 0.1 s: a forked dask worker's own peak is not in this process's rusage (the
-    forkserver reaps it)."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.done, self.peak = threading.Event(), 0
-
-    def run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self.done.wait(0.1):
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
-            self.peak = max(self.peak, total)
-
-
-def _cpu_s() -> float:
-    """CPU seconds of this process, its reaped children, and its live children with the
-    children they reaped: a LocalCluster's workers are forked from multiprocessing's forkserver
-    (`engine/dask_forkserver.py`), which outlives the run and reaps them itself."""
-    import psutil
-
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    live = 0.0
-    for child in psutil.Process().children():
-        try:
-            t = child.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        live += t.user + t.system + t.children_user + t.children_system
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + live
+    with PeakRss() as peak:
+        t0, cpu0 = time.perf_counter(), cpu_s()
+        if mode == "baseline":
+            rows = run_baseline(paths, out, k)
+        else:
+            rows = run_thresher(paths, out, k, mode[:-1], int(mode[-1]))
+        secs, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "cpu": cpu, "peak_rss": peak.bytes}))
 
 
 def main() -> None:
@@ -236,7 +193,7 @@ def main() -> None:
         child(args.child, paths, args.k)
         return
     print(f"corpus: {rows_in:,} rows in {len(paths)} JSONL.gz files; DSIR k={args.k:,}; cpus={os.cpu_count()}")
-    print(f"{'run':9s} {'rows out':>9s} {'seconds':>8s} {'CPU s':>7s} {'docs/s':>9s} {'peak RSS':>9s}  "
+    print(f"{'run':9s} {'rows out':>9s} {'seconds':>8s} {'CPU s':>7s} {'docs/s':>9s} {'peak PSS':>9s}  "
           "load avg before/after")
     runs: dict[str, list[dict]] = {}
     modes = [m for m in RUNS if m in args.only.split(",")]
