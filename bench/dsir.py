@@ -41,7 +41,7 @@ Ratio = official marginal / thresher marginal, in wall-clock seconds (also print
 ratio in CPU seconds of all of a side's processes — steadier on a shared machine, and blind
 to the official package's use of every core — and the ratio of whole-pool totals).
 
-Peak RSS = the largest sum of PSS over the side's processes, sampled (`bench/procstats.py`). KL reduction =
+Peak PSS = the largest sum of PSS over the side's processes, sampled (`bench/procstats.py`). KL reduction =
 KL(target||pool) - KL(target||selected) on hashed n-gram distributions, for the whole-pool
 runs; each selection is scored with both featurisers (thresher's hash and the official
 sha256 one), so the two are compared on the same yardstick.
@@ -302,7 +302,7 @@ def bench_pair(pair: str, args) -> float:
                   f"{spread}; "
                   f"marginal {marginal[side]:.1f} s = {1e6 * marginal[side] / (n - n_small):.1f} µs/row "
                   f"(CPU {cpu[side]:.1f} s of all its processes); "
-                  f"peak RSS {r['rss_mb']:.0f} MB (all its processes); "
+                  f"peak PSS {r['rss_mb']:.0f} MB (all its processes); "
                   f"selected {len(r['ids']):,}"
                   + ("; KL reduction: " + ", ".join(f"{v:.4f} ({f})" for f, v in kl[side].items()) if kl else ""))
         print(f"thresher report's own KL reduction: {res['thresher', 'full']['report_kl_reduction']:.4f}")

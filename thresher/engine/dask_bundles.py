@@ -24,6 +24,8 @@ from apache_beam.transforms.sideinputs import SideInputMap
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.counters import CounterFactory
 
+from thresher.engine.dask_forkserver import MALLOC_TRIM
+
 _WINDOWING = beam.Windowing(GlobalWindows())
 
 
@@ -150,7 +152,6 @@ def exit_at_once() -> None:
 # glibc's mallopt parameters, and the values its dynamic mmap threshold grows to at most (64-bit).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_MAX, _TRIM_MAX = 32 << 20, 64 << 20
-MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 
 def untrim_malloc() -> bool:

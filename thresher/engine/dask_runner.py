@@ -260,8 +260,6 @@ class ThresherDaskRunner(PipelineRunner):
             # workers' statistical profiler (a stack sample every 10 ms) only feeds a dashboard.
             # No MALLOC_TRIM_THRESHOLD_ for the workers (dask sets 65536 before spawning them, and
             # in this process's environment): see `dask_bundles.untrim_malloc`.
-            # Workers forked from a preloaded server when the platform has one (`dask_forkserver`).
-            fork = dask_forkserver.usable()
             # The driver's process hosts the scheduler and the nannies, on the cores the workers
             # use: their periodic work (event-loop ticks every 20 ms, system and memory monitors
             # every 0.5 s / 0.1 s) cost a 2-worker run of bench/scale.py ~2.4 CPU-s and 1.5 s of
@@ -271,7 +269,8 @@ class ThresherDaskRunner(PipelineRunner):
                       "distributed.admin.tick.interval": "1s",
                       "distributed.admin.system-monitor.interval": "2s",
                       "distributed.worker.memory.monitor-interval": "500ms",
-                      f"distributed.nanny.pre-spawn-environ.{bundles.MALLOC_TRIM}": None}
+                      f"distributed.nanny.pre-spawn-environ.{dask_forkserver.MALLOC_TRIM}": None}
+            fork = dask_forkserver.usable()  # workers forked from a preloaded server (its docstring)
             if fork:
                 config["distributed.worker.multiprocessing-method"] = "forkserver"
             with dask.config.set(config):
@@ -292,7 +291,7 @@ class ThresherDaskRunner(PipelineRunner):
                          [w for w, changed in client.run(bundles.untrim_malloc).items() if changed])
             if untrimmed:
                 log.info("dask: %d worker(s) run with %s set: glibc's malloc thresholds raised there "
-                         "(dask_bundles.untrim_malloc)", len(untrimmed), bundles.MALLOC_TRIM)
+                         "(dask_bundles.untrim_malloc)", len(untrimmed), dask_forkserver.MALLOC_TRIM)
             t1 = time.perf_counter()
             visitor = Translate(uuid.uuid4().hex, addresses)
             pipeline.visit(visitor)
