@@ -174,11 +174,11 @@ def run_thresher(pool: Path, target: Path, out: Path, k: int, min_tokens: int, w
 
     if runner == "dask":
         run = {"runner": "dask", "options": {"dask_workers": workers}}
+    elif workers > 1:
+        sys.exit("the local runner runs one worker (thresher refuses direct_num_workers > 1): "
+                 "use --runner dask for two")
     else:
-        opts = {"direct_num_workers": workers}
-        if workers > 1:
-            opts["direct_running_mode"] = "multi_processing"
-        run = {"options": opts}
+        run = {}
     recipe = validate_recipe({
         "seed": seed,
         "sources": [{"name": "pool", "paths": [str(pool / "pool-*.jsonl")], "id_field": "id"}],

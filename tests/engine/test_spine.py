@@ -163,8 +163,9 @@ def test_same_recipe_gives_byte_identical_shards_any_parallelism(mixed_inputs):
     tmp = mixed_inputs["dir"]
     recipe = mixed_inputs["recipe"]
     digests = []
-    for i, opts in enumerate([{}, {}, {"direct_num_workers": 2, "direct_running_mode": "multi_processing"}]):
-        r = dict(recipe, output=dict(recipe["output"], dir=f"out{i}"), runner={"options": opts})
+    # the local runner twice, then two dask worker processes (the local parallel path)
+    for i, runner in enumerate([{}, {}, {"runner": "dask", "options": {"dask_workers": 2}}]):
+        r = dict(recipe, output=dict(recipe["output"], dir=f"out{i}"), runner=runner)
         path = _write_recipe(tmp, r)
         res = CliRunner().invoke(app, ["run", str(path), "--no-prefect"])
         assert res.exit_code == 0, res.output

@@ -249,7 +249,8 @@ def _start(recipe: Path, prefect: bool) -> subprocess.Popen:
                             cwd=ROOT, start_new_session=True)
 
 
-def _interrupt(tmp: Path, recipe: Path, prefect: bool, sig: int, group: bool = False) -> None:
+def _interrupt(tmp: Path, recipe: Path, prefect: bool, sig: int, group: bool = False,
+               min_children: int = 0) -> None:
     out = tmp / "out"
     p = _start(recipe, prefect)
     deadline = time.time() + 240
@@ -258,6 +259,10 @@ def _interrupt(tmp: Path, recipe: Path, prefect: bool, sig: int, group: bool = F
     time.sleep(1.0)  # into the Beam pipeline
     assert p.poll() is None, "the run finished before it could be interrupted"
     children = psutil.Process(p.pid).children(recursive=True)
+    while len(children) < min_children and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+        children = psutil.Process(p.pid).children(recursive=True)
+    assert len(children) >= min_children, [c.cmdline()[:3] for c in children]
     t0 = time.perf_counter()
     os.killpg(p.pid, sig) if group else p.send_signal(sig)
     try:
@@ -305,8 +310,11 @@ def test_signal_stops_a_prefect_run(big, tmp_path, sig):
 
 
 @pytest.mark.slow
-def test_signal_ends_beams_worker_processes(big, tmp_path):
-    """Beam's multi-process workers are children: they end with the run, and print nothing."""
-    recipe = _big_recipe(big, tmp_path, runner={"options": {"direct_num_workers": 2,
-                                                            "direct_running_mode": "multi_processing"}})
-    _interrupt(tmp_path, recipe, prefect=False, sig=signal.SIGTERM)
+def test_signal_ends_dask_worker_processes(big, tmp_path):
+    """A LocalCluster's worker processes (the local parallel path) are children: they end with
+    the run, and print nothing."""
+    pytest.importorskip("dask.distributed")
+    recipe = _big_recipe(big, tmp_path, runner={"runner": "dask", "options": {"dask_workers": 2}})
+    # interrupted once both workers run: multiprocessing's resource tracker, the forkserver
+    # and the two workers it forked
+    _interrupt(tmp_path, recipe, prefect=False, sig=signal.SIGTERM, min_children=4)

@@ -271,6 +271,20 @@ def test_9_unbounded_format_specs_fail_validate(tmp_path):
     ]
 
 
+def test_several_local_workers_are_refused_with_the_way_out(tmp_path):
+    """Beam's local runner with several workers lost record batches (recipe/output.py): the
+    recipe is refused before anything runs, naming the local parallel path that works."""
+    recipe = {"sources": [{"name": "a", "paths": ["a.jsonl"]}], "output": {"dir": "out"},
+              "runner": {"options": {"direct_num_workers": 2, "direct_running_mode": "multi_processing"}}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    res = CliRunner().invoke(app, ["run", str(path), "--no-prefect"])
+    assert res.exit_code == 2, res.output
+    assert "runner.options: direct_num_workers: 2 is refused" in res.output
+    assert "use `runner: dask` with `dask_workers: 2`" in res.output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_9_cli_validate_exits_2(tmp_path):
     (tmp_path / "qa.jsonl").write_bytes(b'{"question": "q", "answer": "a"}\n')

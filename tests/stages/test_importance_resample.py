@@ -352,7 +352,7 @@ def test_gumbel_selection_is_identical_for_any_parallelism(small, tmp_path):
     params = {"k": 80, "min_tokens": 5}
     one = run_recipe(_recipe(small, tmp_path / "a", params, runner={"options": {"direct_num_workers": 1}}), tmp_path)
     two = run_recipe(_recipe(small, tmp_path / "b", params, batch_rows=37, runner={
-        "options": {"direct_num_workers": 2, "direct_running_mode": "multi_processing"}}), tmp_path)
+        "runner": "dask", "options": {"dask_workers": 2}}), tmp_path)
     ids = [sorted(_table(r).column("id").to_pylist()) for r in (one, two)]
     assert len(ids[0]) == 80 and ids[0] == ids[1]
     # Sampling, not top-k: the Gumbel noise moves some rows out of the plain top 80.

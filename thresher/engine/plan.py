@@ -111,10 +111,8 @@ def resolve_runner(recipe: Recipe, runner: str | None = None) -> tuple[str, dict
     name = runner or recipe.runner.runner
     opts = dict(recipe.runner.options)
     if name.lower() in _LOCAL_RUNNERS:
-        # FnApiRunner reads direct_num_workers / direct_running_mode itself.
+        # One worker: the recipe refuses direct_num_workers > 1 (recipe/output.py says why).
         name = _FN_API_RUNNER
-        if int(opts.get("direct_num_workers", 1) or 1) > 1:
-            opts.setdefault("direct_running_mode", "multi_processing")
     elif name.lower() in _DASK_RUNNERS:
         name = _DASK_RUNNER
     return name, opts
