@@ -202,7 +202,9 @@ class Runner(StrictModel):
         # harness's state cache off 1 of 4; multi_threading 2 of 5): the row balance refused
         # to publish, or a keyed join met decisions about a batch it never got. One worker and
         # `runner: dask` with one or two never lost one; several local workers were also slower
-        # than one on 2 cores. The root cause inside Beam is not isolated.
+        # than one on 2 cores. Root cause not isolated: two small pure-Beam pipelines of the
+        # same shapes (a PCollection read by a global combine and a side-input ParDo; a keyed
+        # CoGroupByKey join) never lost an element in this mode.
         try:
             workers = int(options.get("direct_num_workers", 1) or 1)
         except (TypeError, ValueError):
