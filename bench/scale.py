@@ -238,10 +238,9 @@ def main() -> None:
         b = results["baseline"]["seconds"]
         print("vs baseline (docs/s ratio): " + ", ".join(f"{m} {b / r['seconds']:.2f}x"
                                                          for m, r in results.items() if m != "baseline"))
-    for runner in ("local", "dask"):
-        one, two = results.get(f"{runner}1"), results.get(f"{runner}2")
-        if one and two:
-            print(f"{runner}: 2 workers / 1 worker = {one['seconds'] / two['seconds']:.2f}x")
+    one, two = results.get("dask1"), results.get("dask2")
+    if one and two:
+        print(f"dask: 2 workers / 1 worker = {one['seconds'] / two['seconds']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -205,11 +205,8 @@ class Runner(StrictModel):
         # than one on 2 cores. Root cause not isolated: two small pure-Beam pipelines of the
         # same shapes (a PCollection read by a global combine and a side-input ParDo; a keyed
         # CoGroupByKey join) never lost an element in this mode.
-        try:
-            workers = int(options.get("direct_num_workers", 1) or 1)
-        except (TypeError, ValueError):
-            workers = 1  # Beam's own option parsing names a value that is not a number
-        if workers > 1:
+        workers = options.get("direct_num_workers", 1)
+        if str(workers) != "1":
             raise ValueError(
                 f"direct_num_workers: {workers} is refused: Beam's local runner with several workers "
                 "lost whole record batches in our runs (thresher would then refuse to publish) and was "
