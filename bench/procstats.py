@@ -4,6 +4,12 @@ A `runner: dask` LocalCluster's workers are forked from multiprocessing's forkse
 (`thresher/engine/dask_forkserver.py`), a child of the bench process that outlives each run and
 reaps the workers itself: `RUSAGE_CHILDREN` never sees them. psutil reads a live child's own
 CPU and that of the children it reaped (/proc's cutime/cstime); memory is sampled.
+
+Sampling is not free: reading a process's PSS makes the kernel walk its page tables, and
+listing descendants reads every /proc/PID/stat. Every 0.1 s over a 2-worker dask run that cost
+~6 CPU-s and made the run 3 s (15 %) slower on 2 cores, while the peaks it found were within 5 %
+of sampling every 5 s (bench/scale.py, 511k rows): hence every 1 s, from outside the measured
+process where the bench can (`PeakRss(pid=child.pid)`), so it never holds that process's GIL.
 """
 
 from __future__ import annotations
@@ -29,14 +35,16 @@ def cpu_s() -> float:
 
 
 class PeakRss(threading.Thread):
-    """The largest sum of memory over this process and all its descendants, sampled every 0.1 s
-    while running (`with PeakRss() as peak: ...; peak.bytes`). Each process counts its
-    proportional set size (PSS: a page shared by n processes counts 1/n in each, so forked
-    workers' shared pages count once), or its RSS where PSS cannot be read."""
+    """The largest sum of memory over a process (`pid`, default this one) and all its
+    descendants, sampled every `every` seconds while running (`with PeakRss() as peak: ...;
+    peak.bytes`). Each process counts its proportional set size (PSS: a page shared by n
+    processes counts 1/n in each, so forked workers' shared pages count once), or its RSS where
+    PSS cannot be read."""
 
-    def __init__(self):
+    def __init__(self, pid: int | None = None, every: float = 1.0):
         super().__init__(daemon=True)
         self._done, self.bytes = threading.Event(), 0
+        self._pid, self._every = pid, every
 
     def __enter__(self) -> PeakRss:
         self.start()
@@ -47,16 +55,23 @@ class PeakRss(threading.Thread):
         self.join()
 
     def run(self) -> None:
-        me = psutil.Process()
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.NoSuchProcess:
+            return
         while True:
             total = 0
-            for p in [me, *me.children(recursive=True)]:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:  # the measured process has ended
+                return
+            for p in tree:
                 try:
                     total += _pss(p)
                 except psutil.NoSuchProcess:
                     pass
             self.bytes = max(self.bytes, total)
-            if self._done.wait(0.1):
+            if self._done.wait(self._every):
                 return
 
 

@@ -25,7 +25,7 @@ Runs, each in its own subprocess (its own imports, peak RSS and start-up, all ti
   processes (one thread each), started inside the timed run.
 
 Prints, per run, rows out, seconds, docs/s (rows in / s), peak memory (the largest sum of PSS
-over the run's processes, sampled every 0.1 s) and the 1-minute load
+over the run's processes, sampled every 1 s from outside the run) and the 1-minute load
 average before and after (the machine is shared: compare only ratios from one command), then
 each run's ratio to the baseline and each runner's 2-worker / 1-worker speed-up. `--rounds N`
 runs the whole set N times, the order reversed every other round (so slow drift in the
@@ -181,14 +181,13 @@ def run_thresher(paths: list[Path], out: Path, k: int, runner: str, workers: int
 def child(mode: str, paths: list[Path], k: int) -> None:
     out = DATA / f"out-{mode}"
     shutil.rmtree(out, ignore_errors=True)
-    with PeakRss() as peak:
-        t0, cpu0 = time.perf_counter(), cpu_s()
-        if mode == "baseline":
-            rows = run_baseline(paths, out, k)
-        else:
-            rows = run_thresher(paths, out, k, mode[:-1], int(mode[-1]))
-        secs, cpu = time.perf_counter() - t0, cpu_s() - cpu0
-    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "cpu": cpu, "peak_rss": peak.bytes}))
+    t0, cpu0 = time.perf_counter(), cpu_s()
+    if mode == "baseline":
+        rows = run_baseline(paths, out, k)
+    else:
+        rows = run_thresher(paths, out, k, mode[:-1], int(mode[-1]))
+    secs, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    print(json.dumps({"mode": mode, "rows_out": rows, "seconds": secs, "cpu": cpu}))
 
 
 def main() -> None:
@@ -212,15 +211,18 @@ def main() -> None:
     for mode in [m for i in range(args.rounds) for m in (modes if i % 2 == 0 else modes[::-1])]:
         load0 = os.getloadavg()[0]
         cmd = [sys.executable, __file__, "--child", mode, "--copies", str(args.copies), "--k", str(args.k)]
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        # Memory is sampled from here, outside the run (procstats.py: what sampling costs).
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p, \
+                PeakRss(pid=p.pid) as peak:
+            stdout, stderr = p.communicate()
         load1 = os.getloadavg()[0]
         if p.returncode != 0:
             # A run thresher refused to publish (rows unaccounted) is a result: count it, go on.
-            last = (p.stderr.strip().splitlines() or ["?"])[-1]
+            last = (stderr.strip().splitlines() or ["?"])[-1]
             failed.setdefault(mode, []).append(last)
             print(f"{mode:9s} FAILED: {last[:300]}", flush=True)
             continue
-        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r = {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss": peak.bytes}
         runs.setdefault(mode, []).append(r)
         print(f"{mode:9s} {r['rows_out']:>9,} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {rows_in / r['seconds']:>9,.0f} "
               f"{r['peak_rss'] / 2**20:>6,.0f} MiB  {load0:.1f} / {load1:.1f}", flush=True)
