@@ -27,7 +27,9 @@ Runs, each in its own subprocess (its own imports, peak RSS and start-up, all ti
 Prints, per run, rows out, seconds, docs/s (rows in / s), peak memory (the largest sum of PSS
 over the run's processes, sampled every 1 s from outside the run) and the 1-minute load
 average before and after (the machine is shared: compare only ratios from one command), then
-each run's ratio to the baseline and each runner's 2-worker / 1-worker speed-up. `--rounds N`
+each run's ratio to the baseline and dask's 2-worker / 1-worker speed-up, next to this machine's
+own ceiling for it, measured before and after the runs (`bench/machine.py`: 2 processes of a
+CPU-bound Python loop against 1; ~1.8-1.9x on this 2-vCPU VM, not 2x). `--rounds N`
 runs the whole set N times, the order reversed every other round (so slow drift in the
 machine's speed hits every run alike), and the ratios use each run's median seconds: on this
 VM the same run's CPU seconds vary by up to 1.7x within an hour.
@@ -45,7 +47,8 @@ import sys
 import time
 from pathlib import Path
 
-from procstats import PeakRss, cpu_s  # bench/ is this script's folder: on sys.path
+from machine import parallel_ceiling  # bench/ is this script's folder: on sys.path
+from procstats import PeakRss, cpu_s
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("THRESHER_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -203,6 +206,9 @@ def main() -> None:
         child(args.child, paths, args.k)
         return
     print(f"corpus: {rows_in:,} rows in {len(paths)} JSONL.gz files; DSIR k={args.k:,}; cpus={os.cpu_count()}")
+    ceilings = [parallel_ceiling(2)]
+    print(f"this machine: 2 processes of a CPU-bound Python loop run {ceilings[0]:.2f}x one "
+          "(bench/machine.py: the most 2 workers vs 1 could give)", flush=True)
     print(f"{'run':9s} {'rows out':>9s} {'seconds':>8s} {'CPU s':>7s} {'docs/s':>9s} {'peak PSS':>9s}  "
           "load avg before/after")
     runs: dict[str, list[dict]] = {}
@@ -242,7 +248,9 @@ def main() -> None:
                                                          for m, r in results.items() if m != "baseline"))
     one, two = results.get("dask1"), results.get("dask2")
     if one and two:
-        print(f"dask: 2 workers / 1 worker = {one['seconds'] / two['seconds']:.2f}x")
+        ceilings.append(parallel_ceiling(2))
+        print(f"dask: 2 workers / 1 worker = {one['seconds'] / two['seconds']:.2f}x "
+              f"(the machine's ceiling, before / after: {ceilings[0]:.2f}x / {ceilings[1]:.2f}x)")
 
 
 if __name__ == "__main__":
