@@ -207,9 +207,11 @@ class Runner(StrictModel):
         # CoGroupByKey join) never lost an element in this mode.
         workers = options.get("direct_num_workers", 1)
         if str(workers) != "1":
+            # 0 is Beam's "every core": name no worker count that dask would read otherwise
+            n = workers if isinstance(workers, int) and workers > 1 else "N"
             raise ValueError(
                 f"direct_num_workers: {workers} is refused: Beam's local runner with several workers "
                 "lost whole record batches in our runs (thresher would then refuse to publish) and was "
-                f"slower than one; for local parallelism use `runner: dask` with `dask_workers: {workers}` "
+                f"slower than one; for local parallelism use `runner: dask` with `dask_workers: {n}` "
                 "(pip install 'thresher[dask]'), or leave direct_num_workers out")
         return options
